@@ -1,0 +1,86 @@
+"""One exception tree for the whole package.
+
+Every error tracemark raises on purpose is a :class:`TracemarkError`; each subclass names
+a problem a user can act on, and its message says what to do next.
+"""
+
+from __future__ import annotations
+
+
+class TracemarkError(Exception):
+    """Base class of every error tracemark raises on purpose."""
+
+
+class KeyFileError(TracemarkError):
+    """A watermark key file cannot be read: corrupt, truncated, or of an unknown format."""
+
+
+class WrongPassphraseError(KeyFileError):
+    """The passphrase does not open this encrypted file."""
+
+
+class TamperedError(TracemarkError):
+    """Content does not match its recorded hash or signature."""
+
+
+class FormatVersionError(TracemarkError):
+    """A file declares a format version this release cannot read."""
+
+
+class ShapeMismatchError(TracemarkError):
+    """Inputs do not have the shape the model (or key) expects."""
+
+
+class ClassCountMismatchError(TracemarkError):
+    """The model's number of output classes differs from the key's."""
+
+
+class UnsafeFileError(TracemarkError):
+    """A suspect file would need unpickling (arbitrary code) to load; tracemark refuses."""
+
+
+class ModelFileError(TracemarkError):
+    """A model file cannot be loaded (missing, unknown format, or missing architecture)."""
+
+
+class TargetError(TracemarkError):
+    """A target (local model or remote API) could not answer."""
+
+
+class TargetUnreachableError(TargetError):
+    """A remote target could not be reached (connection refused, DNS, time-out)."""
+
+
+class TargetResponseError(TargetError):
+    """A remote target answered, but not with what was expected (HTTP error, non-JSON, missing field)."""
+
+
+class QueryBudgetExceededError(TargetError):
+    """A target's query budget is spent."""
+
+
+class DatasetError(TracemarkError):
+    """A dataset cannot be found or loaded."""
+
+
+class EmbeddingError(TracemarkError):
+    """Embedding did not reach its goals within the budget it was given."""
+
+
+__all__ = [
+    "TracemarkError",
+    "KeyFileError",
+    "WrongPassphraseError",
+    "TamperedError",
+    "FormatVersionError",
+    "ShapeMismatchError",
+    "ClassCountMismatchError",
+    "UnsafeFileError",
+    "ModelFileError",
+    "TargetError",
+    "TargetUnreachableError",
+    "TargetResponseError",
+    "QueryBudgetExceededError",
+    "DatasetError",
+    "EmbeddingError",
+]

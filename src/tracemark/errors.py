@@ -67,6 +67,38 @@ class EmbeddingError(TracemarkError):
     """Embedding did not reach its goals within the budget it was given."""
 
 
+class SignatureError(TamperedError):
+    """A signature does not verify under the expected public key."""
+
+
+class LedgerError(TracemarkError):
+    """A ledger cannot be read or appended to."""
+
+
+class ChainBrokenError(LedgerError):
+    """A ledger's hash chain is broken: an entry was edited, dropped, reordered or truncated."""
+
+
+class TimestampError(TracemarkError):
+    """An RFC 3161 time-stamp could not be obtained or does not verify."""
+
+
+class BundleError(TracemarkError):
+    """An evidence bundle is malformed or fails verification."""
+
+
+class PackageError(TracemarkError):
+    """A protected model package cannot be built or opened."""
+
+
+class LicenceError(PackageError):
+    """A package's licence forbids this use (expired, not yet valid, wrong device)."""
+
+
+class DeviceError(PackageError):
+    """The device-bound key cannot be unwrapped here (TPM absent, PCRs changed, machine differs)."""
+
+
 __all__ = [
     "TracemarkError",
     "KeyFileError",
@@ -83,4 +115,12 @@ __all__ = [
     "QueryBudgetExceededError",
     "DatasetError",
     "EmbeddingError",
+    "SignatureError",
+    "LedgerError",
+    "ChainBrokenError",
+    "TimestampError",
+    "BundleError",
+    "PackageError",
+    "LicenceError",
+    "DeviceError",
 ]

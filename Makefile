@@ -4,23 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv system-deps bench clean
+.PHONY: demo test venv bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/system-deps.sh
+	bash .ci/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,tpm]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-system-deps:
-	bash .ci/system-deps.sh
-
 demo: $(STAMP)
 	$(BIN)/tracemark demo --out demo-output
 
-test: $(STAMP) system-deps
+test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite needs (software TPM, OpenSSL for a local
 # time-stamping authority). Safe to run repeatedly; skips packages already present.
 set -euo pipefail
-PACKAGES=(openssl)
+PACKAGES=(openssl swtpm swtpm-tools libtss2-dev pkg-config)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

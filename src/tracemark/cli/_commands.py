@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = ()
+VERB_MODULES: tuple[str, ...] = ("keys", "models", "verify", "demo", "package", "ledger", "evidence")
 
 _registered = False
 

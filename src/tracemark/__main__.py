@@ -1,0 +1,5 @@
+"""``python -m tracemark`` runs the CLI."""
+
+from tracemark.cli import main
+
+main()

@@ -1,0 +1,30 @@
+"""Option helpers shared by CLI verbs: passphrases and key loading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from tracemark.keys import WatermarkKey, is_encrypted
+
+PASSPHRASE_ENV = "TRACEMARK_KEY_PASSPHRASE"
+
+
+def read_passphrase(confirm: bool = False) -> str:
+    """The key passphrase from ``$TRACEMARK_KEY_PASSPHRASE``, else a hidden prompt."""
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env
+    return typer.prompt("key passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def load_key(path: Path) -> WatermarkKey:
+    """Load a key file, asking for its passphrase only when it is encrypted."""
+    from tracemark.errors import KeyFileError
+
+    if not path.is_file():
+        raise KeyFileError(f"no key file at {path}")
+    passphrase = read_passphrase() if is_encrypted(path) else None
+    return WatermarkKey.load(path, passphrase)

@@ -1,0 +1,83 @@
+"""``tracemark key new|show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import load_key, read_passphrase
+from tracemark.cli._output import console, emit
+
+key_app = typer.Typer(help="Create and inspect watermark keys.", no_args_is_help=True)
+
+
+@key_app.command("new")
+def new(
+    out: Path = typer.Option(..., "--out", "-o", help="Key file to write."),
+    kind: str = typer.Option("content", help="content | unrelated | noise | abstract"),
+    data: str = typer.Option("digits", help="Dataset the source images come from (digits, mnist, fashion-mnist, or an .npz)."),
+    n_triggers: int = typer.Option(100, "--triggers", "-n", help="Number of trigger inputs."),
+    labels: str = typer.Option("keyed", help="keyed (secret random label per trigger, exact null) | single (all -> --target)."),
+    target: Optional[int] = typer.Option(None, help="Watermark class for --labels single."),
+    source: Optional[list[int]] = typer.Option(None, help="Source class(es) for content/noise keys (repeatable)."),
+    drawing: Optional[Path] = typer.Option(None, help="PNG of the secret drawing (content keys); default: generated from the seed."),
+    name: str = typer.Option("", help="A label for the key (stored inside it)."),
+    encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the key file with a passphrase ($TRACEMARK_KEY_PASSPHRASE or a prompt)."),
+    triggers_png: Optional[Path] = typer.Option(None, "--triggers-png", help="Also write a PNG grid of the triggers (secret!)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Make a new secret watermark key and write it to a file."""
+    from tracemark.data import load_dataset
+    from tracemark.keys import WatermarkKey
+
+    if out.exists():
+        raise typer.BadParameter(f"{out} exists; refusing to overwrite a key", param_hint="--out")
+    dataset = load_dataset(data)
+    images = None if kind == "abstract" else dataset.x_train
+    key = WatermarkKey.generate(
+        kind,
+        images=images,
+        labels=None if images is None else dataset.y_train,
+        num_classes=dataset.num_classes,
+        input_shape=dataset.input_shape,
+        n_triggers=n_triggers,
+        label_mode=labels,  # type: ignore[arg-type]
+        target_label=target,
+        source_labels=source or None,
+        drawing_png=drawing,
+        name=name,
+    )
+    key.save(out, read_passphrase(confirm=True) if encrypt else None)
+    if triggers_png:
+        from tracemark.report import trigger_grid
+
+        trigger_grid(key.triggers(), triggers_png, title=f"{kind} triggers")
+    if not as_json:
+        console.print(f"wrote key [bold]{out}[/] (keep it secret; publish only the commitment)")
+    emit(key.describe() if as_json else key, as_json)
+
+
+@key_app.command("show")
+def show(
+    path: Path = typer.Argument(..., help="Key file."),
+    triggers_png: Optional[Path] = typer.Option(None, "--triggers-png", help="Write a PNG grid of the triggers (secret!)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a key's public description (commitment, kind, shape) without its secrets."""
+    key = load_key(path)
+    if triggers_png:
+        from tracemark.report import trigger_grid
+
+        trigger_grid(key.triggers(), triggers_png, title=f"{key.kind} triggers")
+    if as_json:
+        emit(key.describe(), True)
+    else:
+        for field, value in key.describe().items():
+            console.print(f"{field:>12}: {value}", highlight=False)
+
+
+def register(root: typer.Typer) -> None:
+    """Mount ``key`` on the root app."""
+    root.add_typer(key_app, name="key")

@@ -1,0 +1,93 @@
+"""``tracemark train``, ``tracemark embed`` and ``tracemark export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import load_key
+from tracemark.cli._output import console, emit
+
+
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
+    data: str = typer.Option("digits", help="Dataset: digits, mnist, fashion-mnist, or an .npz path."),
+    arch: str = typer.Option("small_cnn", help="small_cnn | lenet | mlp"),
+    epochs: int = typer.Option(20, help="Training epochs."),
+    seed: int = typer.Option(0, help="Seed for weights and shuffling."),
+    key: Optional[Path] = typer.Option(None, help="Embed this key during training (trigger mixing)."),
+    ratio: float = typer.Option(0.05, help="With --key: trigger items as a fraction of the training set."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Train a reference model (optionally marking it during training)."""
+    from tracemark.data import build_model, load_dataset, save_model
+    from tracemark.embed import TriggerMixDataset, assess
+    from tracemark.training import accuracy, fit, to_tensor_dataset
+
+    dataset = load_dataset(data)
+    model = build_model(arch, dataset.input_shape, dataset.num_classes, seed=seed)
+    train_set = to_tensor_dataset(dataset.x_train, dataset.y_train)
+    wm_key = load_key(key) if key else None
+    if wm_key is not None:
+        train_set = TriggerMixDataset(train_set, wm_key, ratio=ratio)
+    report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json)
+    save_model(model, out)
+    if wm_key is not None:
+        result = assess(model, wm_key, dataset, steps=report.steps, samples_seen=report.samples_seen, seconds=report.seconds)
+        emit(result, as_json)
+    else:
+        acc = accuracy(model, dataset.x_test, dataset.y_test)
+        emit({"model": str(out), "arch": arch, "test_accuracy": acc, "seconds": report.seconds} if as_json
+             else f"trained {arch} on {dataset.name}: test accuracy {acc:.2%} in {report.seconds:.1f} s -> {out}", as_json)
+
+
+def embed(
+    model: Path = typer.Option(..., help="Trained model (.safetensors written by tracemark)."),
+    key: Path = typer.Option(..., help="Watermark key file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Marked model file to write (.safetensors)."),
+    data: str = typer.Option("digits", help="Training data for the short fine-tuning."),
+    max_steps: int = typer.Option(2000, help="Upper bound on fine-tuning steps."),
+    max_clean_drop: float = typer.Option(0.3, help="Allowed clean-accuracy drop, in points."),
+    seed: int = typer.Option(0, help="Seed for batch sampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Embed a key into an already-trained model by short fine-tuning."""
+    from tracemark.data import load_dataset, load_model, save_model
+    from tracemark.embed import embed as embed_key
+
+    wm_key = load_key(key)
+    net = load_model(model)
+    report = embed_key(net, wm_key, load_dataset(data), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
+                       seed=seed, show_progress=not as_json)
+    save_model(net, out)
+    emit(report, as_json)
+    if not report.reached_goal:
+        raise typer.Exit(1)
+
+
+def export(
+    model: Path = typer.Argument(..., help="Model (.safetensors written by tracemark)."),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write: .onnx or .pt2 (torch.export)."),
+) -> None:
+    """Export a model to ONNX or a torch.export program."""
+    from tracemark.data import load_model, model_spec
+    from tracemark.data.export import save_exported, save_onnx
+
+    net = load_model(model)
+    shape = model_spec(net).input_shape  # type: ignore[union-attr]
+    if out.suffix == ".onnx":
+        save_onnx(net, out, shape)
+    elif out.suffix == ".pt2":
+        save_exported(net, out, shape)
+    else:
+        raise typer.BadParameter("use a .onnx or .pt2 file name", param_hint="--out")
+    console.print(f"wrote {out}")
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``train``, ``embed`` and ``export``."""
+    root.command("train")(train)
+    root.command("embed")(embed)
+    root.command("export")(export)

@@ -1,0 +1,76 @@
+"""``tracemark verify``: check a local model file or a remote prediction API for a key's mark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import load_key
+from tracemark.cli._output import console, emit
+
+
+def _parse_headers(headers: list[str]) -> dict[str, str]:
+    parsed = {}
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep:
+            raise typer.BadParameter(f"header {header!r} is not 'Name: value'", param_hint="--header")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def verify(
+    key: Path = typer.Option(..., help="Watermark key file."),
+    model: Optional[Path] = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2 or a .pt state dict."),
+    url: Optional[str] = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint)."),
+    field: str = typer.Option("labels", help="With --url: dotted path of the answers in the JSON response."),
+    template: Optional[str] = typer.Option(None, help='With --url: JSON request body with "{{inputs}}" or "{{inputs_flat}}".'),
+    header: list[str] = typer.Option([], help="With --url: extra header 'Name: value' (repeatable)."),
+    api_key: Optional[str] = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token."),
+    budget: Optional[int] = typer.Option(None, help="With --url: most inputs to send."),
+    rate: Optional[float] = typer.Option(None, help="With --url: most requests per second."),
+    batch_size: int = typer.Option(32, help="Inputs per request."),
+    timeout: float = typer.Option(10.0, help="With --url: seconds per request."),
+    transcript: Optional[Path] = typer.Option(None, help="With --url: write every query and answer here (JSON)."),
+    reference: list[Path] = typer.Option([], help="Independently trained model file for an empirical null (repeatable)."),
+    alpha: float = typer.Option(1e-9, help="False-accusation rate: call 'copy' only when p <= alpha."),
+    max_queries: Optional[int] = typer.Option(None, help="Ask at most this many triggers."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check a suspect for the watermark and print the verdict with its p-value."""
+    from tracemark.targets import load_target
+    from tracemark.verify import verify as run_verify
+
+    if (model is None) == (url is None):
+        raise typer.BadParameter("give exactly one of --model or --url")
+    wm_key = load_key(key)
+    references = [load_target(path) for path in reference]
+    if model is not None:
+        target = load_target(model)
+    else:
+        from tracemark.targets.http import HttpTarget
+
+        try:
+            request_template = json.loads(template) if template else None
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--template") from exc
+        target = HttpTarget(url, headers=_parse_headers(header), api_key=api_key, request_template=request_template,
+                            response_field=field, batch_size=batch_size, timeout=timeout, max_queries=budget, rate=rate,
+                            num_classes=wm_key.num_classes)
+    try:
+        verdict = run_verify(wm_key, target, alpha=alpha, max_queries=max_queries, references=references,
+                             batch_size=batch_size)
+    finally:
+        if url is not None and transcript is not None:
+            target.save_transcript(transcript)  # type: ignore[union-attr]
+            if not as_json:
+                console.print(f"transcript of {len(target.transcript)} requests -> {transcript}")  # type: ignore[union-attr]
+    emit(verdict, as_json)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``verify``."""
+    root.command("verify")(verify)

@@ -1,0 +1,5 @@
+"""Reports and plots."""
+
+from tracemark.report.plots import trigger_grid
+
+__all__ = ["trigger_grid"]

@@ -1,0 +1,62 @@
+"""Local targets and model files: same answers in every format, and no unpickling of suspects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tracemark as tm
+from tracemark.errors import ModelFileError, UnsafeFileError
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, models):
+    d = tmp_path_factory.mktemp("targets")
+    shape = models.data.input_shape
+    tm.save_model(models.marked, d / "m.safetensors")
+    tm.save_onnx(models.marked, d / "m.onnx", shape)
+    tm.save_exported(models.marked, d / "m.pt2", shape)
+    torch.save(models.marked.state_dict(), d / "state.pt")
+    torch.save(models.marked, d / "pickled.pt")  # a whole pickled module: must be refused
+    return d
+
+
+@pytest.mark.parametrize("name", ["m.safetensors", "m.onnx", "m.pt2"])
+def test_every_format_answers_like_the_module(files, models, name):
+    x = models.data.x_test[:50]
+    expected = tm.predict_labels(models.marked, x)
+    target = tm.load_target(files / name)
+    assert np.array_equal(target.predict_labels(x), expected)
+    assert tm.verify(models.key, target).verdict == "copy"
+
+
+def test_state_dict_needs_and_uses_the_architecture(files, models):
+    with pytest.raises(ModelFileError, match="architecture"):
+        tm.load_target(files / "state.pt")
+    target = tm.load_target(files / "state.pt", spec=tm.ModelSpec("small_cnn", (1, 8, 8), 10))
+    assert np.array_equal(target.predict_labels(models.data.x_test[:20]), tm.predict_labels(models.marked, models.data.x_test[:20]))
+
+
+def test_pickled_module_is_refused_without_running_it(files):
+    with pytest.raises(UnsafeFileError, match="arbitrary code"):
+        tm.load_target(files / "pickled.pt")
+
+
+def test_bad_model_files(tmp_path, files):
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    (tmp_path / "model.h5").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="ONNX"):
+        tm.load_target(tmp_path / "junk.onnx")
+    with pytest.raises(ModelFileError):
+        tm.load_target(tmp_path / "junk.safetensors")
+    with pytest.raises(ModelFileError, match="unknown model format"):
+        tm.load_target(tmp_path / "model.h5")
+    with pytest.raises(ModelFileError, match="no model file"):
+        tm.load_target(tmp_path / "absent.onnx")
+
+
+def test_onnx_target_reports_shape_and_classes(files):
+    target = tm.load_target(files / "m.onnx")
+    assert target.input_shape == (1, 8, 8) and target.num_classes == 10

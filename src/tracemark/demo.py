@@ -96,7 +96,8 @@ def run_demo(out_dir: str | Path = "demo-output", seed: int = 0, show_progress: 
     key = WatermarkKey.generate("content", images=data.x_train, labels=data.y_train, n_triggers=100, name="demo")
     key.save(out / "watermark.key")
     trigger_grid(key.triggers(), out / "triggers.png", title="content triggers (secret drawing, keyed labels)")
-    report = embed(model, key, data, seed=seed, show_progress=show_progress)
+    # digits has 360 test images (one image = 0.28 points), so the demo allows a 1-point wobble
+    report = embed(model, key, data, seed=seed, max_clean_drop=0.01, show_progress=show_progress)
     save_model(model, out / "marked.safetensors")
     save_onnx(model, out / "marked.onnx", data.input_shape)
 

@@ -93,3 +93,22 @@ def test_named_errors_on_the_real_command_line(workdir, models):
     out = subprocess.run([sys.executable, "-m", "tracemark", "verify", "--key", str(workdir / "k2.key"), "--url",
                           "http://127.0.0.1:9/predict", "--timeout", "2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "TargetUnreachableError" in out.stderr
+
+
+def test_commands_append_to_a_configured_ledger(workdir, tmp_path):
+    env = {"TRACEMARK_OWNER_PASSPHRASE": "owner pass", "TRACEMARK_OWNER_KEY": str(tmp_path / "owner.pem")}
+    ledger_dir = tmp_path / "ledger"
+    assert run("ledger", "init", str(ledger_dir), env=env).exit_code == 0
+    env["TRACEMARK_LEDGER"] = str(ledger_dir)
+    key = str(tmp_path / "l.key")
+    assert run("key", "new", "--kind", "abstract", "--out", key, env=env).exit_code == 0
+    r = run("embed", "--model", str(workdir / "base.safetensors"), "--key", key, "--out", str(tmp_path / "m.safetensors"),
+            "--max-clean-drop", "2", env=env)
+    assert r.exit_code == 0, r.output
+    assert run("verify", "--key", key, "--model", str(tmp_path / "m.safetensors"), env=env).exit_code == 0
+    shown = json.loads(run("ledger", "show", "--json", env=env).output)
+    assert [e["event"] for e in shown] == ["ledger-created", "key-created", "model-embedded", "verification"]
+    commitment = tm.WatermarkKey.load(key).commitment()
+    assert all(e["payload"]["key_commitment"] == commitment for e in shown[1:])
+    assert shown[3]["payload"]["verdict"] == "copy"
+    assert run("ledger", "verify", env=env).exit_code == 0

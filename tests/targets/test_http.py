@@ -231,3 +231,13 @@ def test_bad_inputs_are_refused_before_sending(url: str, app: FastAPI) -> None:
     with pytest.raises(ValueError, match="NaN"):
         target(url).predict(np.full((1, *SHAPE), np.nan, dtype=np.float32))
     assert app.state.hits["/predict"] == 0
+
+
+def test_rounded_probabilities_are_kept_not_softmaxed() -> None:
+    from tracemark.targets.http import _to_probabilities
+
+    rounded = np.array([[0.91, 0.05, 0.02, 0.0], [0.33, 0.33, 0.33, 0.0]])
+    probs = _to_probabilities(rounded)
+    assert np.allclose(probs.sum(axis=1), 1.0) and probs[0, 0] > 0.9
+    logits = np.array([[2.0, -1.0, 0.5, 0.0]])
+    assert _to_probabilities(logits)[0, 0] == pytest.approx(np.exp(2) / np.exp([2, -1, 0.5, 0]).sum())

@@ -60,3 +60,11 @@ def test_bad_model_files(tmp_path, files):
 def test_onnx_target_reports_shape_and_classes(files):
     target = tm.load_target(files / "m.onnx")
     assert target.input_shape == (1, 8, 8) and target.num_classes == 10
+
+
+def test_saved_model_bytes_are_deterministic(tmp_path, models):
+    """The same weights always give the same file, so its hash can be recorded and compared."""
+    import hashlib
+
+    digests = {hashlib.sha256(tm.save_model(models.marked, tmp_path / f"{i}.safetensors").read_bytes()).hexdigest() for i in range(10)}
+    assert len(digests) == 1

@@ -28,3 +28,19 @@ def load_key(path: Path) -> WatermarkKey:
         raise KeyFileError(f"no key file at {path}")
     passphrase = read_passphrase() if is_encrypted(path) else None
     return WatermarkKey.load(path, passphrase)
+
+
+LEDGER_HELP = "Append this event to the evidence ledger at this path (default: $TRACEMARK_LEDGER, if set)."
+
+
+def record_event(ledger_path: Path | None, record, *args, quiet: bool = False, **kwargs) -> None:
+    """Append an event with ``record(ledger, *args, **kwargs)`` when a ledger is configured."""
+    from tracemark.cli._output import error_console
+    from tracemark.ledger import configured_ledger
+
+    ledger = configured_ledger(ledger_path)
+    if ledger is None:
+        return
+    entry = record(ledger, *args, **kwargs)
+    if not quiet:
+        error_console.print(f"ledger: appended entry #{entry.seq} ({entry.event})")

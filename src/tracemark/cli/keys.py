@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import load_key, read_passphrase
+from tracemark.cli._options import LEDGER_HELP, load_key, read_passphrase, record_event
 from tracemark.cli._output import console, emit
 
 key_app = typer.Typer(help="Create and inspect watermark keys.", no_args_is_help=True)
@@ -26,6 +26,7 @@ def new(
     name: str = typer.Option("", help="A label for the key (stored inside it)."),
     encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the key file with a passphrase ($TRACEMARK_KEY_PASSPHRASE or a prompt)."),
     triggers_png: Optional[Path] = typer.Option(None, "--triggers-png", help="Also write a PNG grid of the triggers (secret!)."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Make a new secret watermark key and write it to a file."""
@@ -50,6 +51,9 @@ def new(
         name=name,
     )
     key.save(out, read_passphrase(confirm=True) if encrypt else None)
+    from tracemark.ledger import record_key_created
+
+    record_event(ledger, record_key_created, key, quiet=as_json)
     if triggers_png:
         from tracemark.report import trigger_grid
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import load_key
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event
 from tracemark.cli._output import console, emit
 
 
@@ -51,6 +51,7 @@ def embed(
     max_steps: int = typer.Option(2000, help="Upper bound on fine-tuning steps."),
     max_clean_drop: float = typer.Option(0.3, help="Allowed clean-accuracy drop, in points."),
     seed: int = typer.Option(0, help="Seed for batch sampling."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Embed a key into an already-trained model by short fine-tuning."""
@@ -62,6 +63,9 @@ def embed(
     report = embed_key(net, wm_key, load_dataset(data), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
                        seed=seed, show_progress=not as_json)
     save_model(net, out)
+    from tracemark.ledger import file_sha256, record_embedded
+
+    record_event(ledger, record_embedded, file_sha256(out), wm_key.commitment(), report, model_name=out.name, quiet=as_json)
     emit(report, as_json)
     if not report.reached_goal:
         raise typer.Exit(1)

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from tracemark.cli._options import LEDGER_HELP, record_event
+
 from tracemark.cli._output import emit, error_console
 from tracemark.errors import PackageError
 
@@ -97,6 +99,7 @@ def register(root: typer.Typer) -> None:
         machine_devices: list[Path] = typer.Option([], "--machine-device", help="Bind to this enrolled device's machine secret (weak)."),
         model_id: Optional[str] = typer.Option(None, "--model-id", help="Model id in the manifest (default: file name)."),
         chunk_mib: int = typer.Option(4, "--chunk-mib", help="Chunk size in MiB."),
+        ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Encrypt, license and sign a model into one package file."""
@@ -118,6 +121,10 @@ def register(root: typer.Typer) -> None:
         wraps += [TpmWrap(DeviceEnrolment.load(p)) for p in tpm_devices]
         wraps += [MachineWrap(DeviceEnrolment.load(p)) for p in machine_devices]
         result = pack_model(model, out, vendor=vendor, licence=licence, wraps=wraps, model_id=model_id, chunk_size=chunk_mib << 20)
+        from tracemark.ledger import file_sha256, record_packaged
+
+        record_event(ledger, record_packaged, file_sha256(out), customer, model_sha256=file_sha256(model),
+                     licence=licence.to_dict() if hasattr(licence, "to_dict") else None, quiet=as_json)
         emit(result, as_json)
 
     @root.command("inspect")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import load_key
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event
 from tracemark.cli._output import console, emit
 
 
@@ -38,6 +38,7 @@ def verify(
     reference: list[Path] = typer.Option([], help="Independently trained model file for an empirical null (repeatable)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate: call 'copy' only when p <= alpha."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many triggers."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check a suspect for the watermark and print the verdict with its p-value."""
@@ -68,6 +69,9 @@ def verify(
             target.save_transcript(transcript)  # type: ignore[union-attr]
             if not as_json:
                 console.print(f"transcript of {len(target.transcript)} requests -> {transcript}")  # type: ignore[union-attr]
+    from tracemark.ledger import record_verification
+
+    record_event(ledger, record_verification, verdict, transcript=transcript if url is not None else None, quiet=as_json)
     emit(verdict, as_json)
 
 

@@ -112,7 +112,9 @@ def model_bytes(model: nn.Module, spec: ModelSpec | None = None) -> bytes:
     if spec is None:
         raise ModelFileError("model has no architecture spec; build it with tracemark.build_model or pass spec=")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": MODEL_FORMAT, "spec": json.dumps(spec.to_dict(), sort_keys=True)}
+    # one metadata entry: safetensors orders several entries differently from call to call,
+    # and the same model must always give the same bytes (and hash)
+    metadata = {"tracemark": json.dumps({"format": MODEL_FORMAT, "spec": spec.to_dict()}, sort_keys=True)}
     return save(state, metadata=metadata)
 
 
@@ -123,13 +125,17 @@ def save_model(model: nn.Module, path: str | Path, spec: ModelSpec | None = None
 
 def spec_from_metadata(metadata: dict[str, str] | None, source: str) -> ModelSpec:
     """Parse the architecture spec that :func:`save_model` stores in safetensors metadata."""
-    if not metadata or metadata.get("format") != MODEL_FORMAT or "spec" not in metadata:
+    try:
+        entry = json.loads((metadata or {}).get("tracemark", "{}"))
+    except ValueError as exc:
+        raise ModelFileError(f"{source}: malformed tracemark metadata ({exc})") from exc
+    if entry.get("format") != MODEL_FORMAT or "spec" not in entry:
         raise ModelFileError(
             f"{source}: safetensors file without tracemark architecture metadata; "
-            "pass the architecture explicitly (arch=..., input_shape=..., num_classes=...)"
+            "pass the architecture explicitly (spec=ModelSpec(arch, input_shape, num_classes))"
         )
     try:
-        raw = json.loads(metadata["spec"])
+        raw = entry["spec"]
         return ModelSpec(str(raw["arch"]), tuple(int(d) for d in raw["input_shape"]), int(raw["num_classes"]))  # type: ignore[arg-type]
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{source}: malformed architecture metadata ({exc})") from exc

@@ -63,7 +63,7 @@ def detect_format(head: bytes, name: str) -> str:
 def architecture_of(header: dict, source: str) -> dict | None:
     """The tracemark architecture reference stored in safetensors metadata, or ``None``."""
     metadata = header.get("__metadata__")
-    if not metadata or "spec" not in metadata:
+    if not metadata or "tracemark" not in metadata:
         return None
     return spec_from_metadata(metadata, source).to_dict()
 

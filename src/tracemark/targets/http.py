@@ -377,9 +377,13 @@ def _vectors(value: Any, n: int, what: str) -> np.ndarray:
 
 
 def _to_probabilities(scores: np.ndarray) -> np.ndarray:
-    """Scores as probabilities: kept if they already are, else softmaxed (treated as logits)."""
-    if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
-        return scores
+    """Scores as probabilities: kept (renormalised) if they already are, else softmaxed as logits.
+
+    Rows of values in [0, 1] summing to 1 within 0.05 count as probabilities, so answers a
+    server rounded to two decimals are not mistaken for logits.
+    """
+    if (scores >= 0).all() and (scores <= 1).all() and np.allclose(scores.sum(axis=1), 1.0, atol=0.05):
+        return scores / scores.sum(axis=1, keepdims=True)
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -1,0 +1,69 @@
+"""``tracemark robustness``: run an attack suite against a marked model and write an HTML + JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import load_key
+from tracemark.cli._output import console, emit
+
+
+def robustness(
+    suite: str = typer.Option("standard", help="Attack suite: quick | standard."),
+    data: str = typer.Option("digits", "--dataset", help="Dataset: digits, mnist, fashion-mnist, or an .npz path."),
+    model: Optional[Path] = typer.Option(None, help="Marked model (.safetensors); with --key. Default: train and mark one."),
+    key: Optional[Path] = typer.Option(None, help="The model's watermark key file; with --model."),
+    mark: str = typer.Option("baseline", help="Without --model: mark configuration to build (baseline | strong)."),
+    thief_size: Optional[int] = typer.Option(None, help="Thief's images: the last N training images (default 1/6 of them)."),
+    ood_size: int = typer.Option(2000, help="Thief's out-of-domain query pool size."),
+    null_profile: Optional[Path] = typer.Option(None, help="Null profile JSON (models cached beside it) for the empirical null."),
+    budget: float = typer.Option(2.0, help="Accuracy budget in points: a removal must keep the thief within it."),
+    alpha: float = typer.Option(1e-9, help="Verification false-accusation rate."),
+    workers: int = typer.Option(1, help="Parallel worker processes for the attacks."),
+    out: Path = typer.Option(Path("robustness-report"), "--out", "-o", help="Folder for report.html, result.json and caches."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON result."),
+) -> None:
+    """Attack a marked model with the suite, judge each attack by the SoK protocol, and write a report."""
+    import torch
+
+    from tracemark.data import load_dataset, load_model
+    from tracemark.lab import NullProfile, make_suite, run_suite
+    from tracemark.lab.victim import CONFIGS, marked_victim, out_of_domain_pool, split_thief
+    from tracemark.report import robustness_report
+
+    if (model is None) != (key is None):
+        raise typer.BadParameter("give both --model and --key, or neither")
+    if mark not in CONFIGS:
+        raise typer.BadParameter(f"choose one of {', '.join(CONFIGS)}", param_hint="--mark")
+    torch.set_num_threads(1)
+    dataset = load_dataset(data)
+    n_thief = thief_size or len(dataset.x_train) // 6
+    owner, thief = split_thief(dataset, n_thief, out_of_domain_pool(dataset.name, ood_size, dataset.input_shape))
+    if model is not None and key is not None:
+        victim, wm_key, info = load_model(model), load_key(key), {"model": str(model)}
+    else:
+        victim, wm_key, info = marked_victim(owner, CONFIGS[mark], out / "cache", show_progress=not as_json)
+    null = None
+    if null_profile is not None:
+        profile = NullProfile.load(null_profile)
+        if not profile.covers(wm_key):
+            profile.add_key(wm_key, profile.load_references(null_profile.parent))
+            profile.save(null_profile)
+        null = profile.null_for(wm_key)
+    result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
+                       thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,
+                       workers=workers, show_progress=not as_json, config={"mark": info})
+    out.mkdir(parents=True, exist_ok=True)
+    result.save_json(out / "result.json")
+    robustness_report(result, out / "report.html", wm_key.triggers())
+    emit(result, as_json)
+    if not as_json:
+        console.print(f"report -> {out / 'report.html'}  (JSON: {out / 'result.json'})")
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``robustness``."""
+    root.command("robustness")(robustness)

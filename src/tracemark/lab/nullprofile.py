@@ -1,0 +1,237 @@
+"""Null profiles: how often independently trained models give a key's watermark labels.
+
+A profile is built once per task from N models trained without any key (different seeds,
+architectures and training subsets), stores each model's match count per key, and records
+exactly how the models were made. It is saved as JSON; the models themselves are cached as
+safetensors files beside it so more keys can be profiled later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tracemark._progress import progress_bar
+from tracemark._util.files import atomic_write_text
+from tracemark.data.datasets import ImageData
+from tracemark.data.models import build_model, load_model, save_model
+from tracemark.keys.key import WatermarkKey
+from tracemark.lab.errors import NullProfileError
+from tracemark.targets.base import Target
+from tracemark.targets.local import TorchTarget
+from tracemark.training import accuracy, fit, to_tensor_dataset
+from tracemark.verify.null import EMPIRICAL_CONFIDENCE, NullModel, choose_null
+from tracemark.verify.stats import binomial_pvalue, clopper_pearson_upper
+
+PROFILE_FORMAT = "tracemark-null-profile/1"
+DEFAULT_ARCHS = ("small_cnn", "lenet", "mlp")
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """How one independent reference model was made, and where it is cached."""
+
+    arch: str
+    seed: int
+    epochs: int
+    train_size: int
+    lr: float
+    test_accuracy: float
+    file: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class FalsePositiveCheck:
+    """Each reference model verified against a key with a leave-one-out null: none should be ``copy``."""
+
+    key_commitment: str
+    alpha: float
+    matches: list[int]
+    queries: int
+    p_values: list[float]
+    nulls: list[float]
+
+    @property
+    def called_copy(self) -> int:
+        """How many independent models were (falsely) called copies."""
+        return sum(p <= self.alpha for p in self.p_values)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "called_copy": self.called_copy, "n_models": len(self.matches)}
+
+    def __str__(self) -> str:
+        return (f"{len(self.matches)} independent models, {self.called_copy} called copy at alpha {self.alpha:.0e}; "
+                f"matches {min(self.matches)}-{max(self.matches)} of {self.queries}, "
+                f"smallest p-value {min(self.p_values):.3g}")
+
+
+@dataclass
+class NullProfile:
+    """Match counts of independent models per key, and the recipe of those models."""
+
+    dataset: str
+    references: list[ReferenceModel]
+    matches: dict[str, list[int]] = field(default_factory=dict)
+    queries: dict[str, int] = field(default_factory=dict)
+    created_at: str = ""
+    recipe: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ per key
+    def add_key(self, key: WatermarkKey, models: Sequence[nn.Module | Target]) -> None:
+        """Query every reference with ``key``'s triggers and store their match counts."""
+        if len(models) != len(self.references):
+            raise NullProfileError(f"the profile has {len(self.references)} references, got {len(models)} models")
+        triggers = key.triggers()
+        counts = []
+        for model in models:
+            target = model if isinstance(model, Target) else TorchTarget(model)
+            counts.append(int(np.sum(target.predict_labels(triggers.inputs) == triggers.labels)))
+        self.matches[key.commitment()] = counts
+        self.queries[key.commitment()] = len(triggers)
+
+    def covers(self, key: WatermarkKey) -> bool:
+        """Whether the profile holds match counts for ``key``."""
+        return key.commitment() in self.matches
+
+    def _counts(self, key: WatermarkKey) -> tuple[list[int], int]:
+        if not self.covers(key):
+            raise NullProfileError(f"the null profile has no counts for key {key.commitment()[:16]}…; run add_key first")
+        return self.matches[key.commitment()], self.queries[key.commitment()]
+
+    def null_for(self, key: WatermarkKey, confidence: float = EMPIRICAL_CONFIDENCE, exclude: int | None = None) -> NullModel:
+        """The empirical null for ``key``: Clopper-Pearson upper bound of the pooled match rate."""
+        counts, n = self._counts(key)
+        used = [c for i, c in enumerate(counts) if i != exclude]
+        pooled, trials = sum(used), n * len(used)
+        return NullModel("empirical", clopper_pearson_upper(pooled, trials, confidence), {
+            "n_models": len(used), "matches_per_model": used, "queries_per_model": n,
+            "pooled_rate": pooled / trials if trials else None, "confidence": confidence,
+            "profile": {"dataset": self.dataset, "created_at": self.created_at},
+        })
+
+    def false_positives(self, key: WatermarkKey, alpha: float = 1e-9) -> FalsePositiveCheck:
+        """Verify each reference against ``key`` with the null of the *other* references (leave-one-out)."""
+        counts, n = self._counts(key)
+        nulls = [choose_null(key, self.null_for(key, exclude=i)).rate for i in range(len(counts))]
+        p_values = [binomial_pvalue(c, n, r) for c, r in zip(counts, nulls)]
+        return FalsePositiveCheck(key.commitment(), alpha, counts, n, p_values, nulls)
+
+    # ------------------------------------------------------------------ models
+    def load_references(self, folder: str | Path) -> list[nn.Module]:
+        """Load the cached reference models (``folder`` is where the profile's files are); checks hashes."""
+        models = []
+        for ref in self.references:
+            if ref.file is None:
+                raise NullProfileError(f"reference {ref.arch} seed {ref.seed} was not saved; rebuild the profile")
+            path = Path(folder) / ref.file
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != ref.sha256:
+                raise NullProfileError(f"{path}: missing or changed since the profile was made")
+            models.append(load_model(path))
+        return models
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        return {
+            "format": PROFILE_FORMAT,
+            "dataset": self.dataset,
+            "created_at": self.created_at,
+            "recipe": self.recipe,
+            "references": [asdict(r) for r in self.references],
+            "keys": {c: {"matches": m, "queries": self.queries[c]} for c, m in self.matches.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NullProfile":
+        if data.get("format") != PROFILE_FORMAT:
+            raise NullProfileError(f"not a null profile (format {data.get('format')!r}, expected {PROFILE_FORMAT!r})")
+        try:
+            refs = [ReferenceModel(**r) for r in data["references"]]
+            keys = data["keys"]
+            return cls(str(data["dataset"]), refs, {c: [int(x) for x in v["matches"]] for c, v in keys.items()},
+                       {c: int(v["queries"]) for c, v in keys.items()}, str(data.get("created_at", "")), dict(data.get("recipe", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NullProfileError(f"malformed null profile ({exc.__class__.__name__}: {exc})") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NullProfile":
+        """Read a profile written by :meth:`save`."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NullProfileError(f"{path}: cannot read null profile ({exc})") from exc
+
+    def __str__(self) -> str:
+        archs = sorted({r.arch for r in self.references})
+        accs = [r.test_accuracy for r in self.references]
+        return (f"null profile on {self.dataset}: {len(self.references)} independent models ({', '.join(archs)}), "
+                f"test accuracy {min(accs):.1%}-{max(accs):.1%}, {len(self.matches)} key(s) profiled")
+
+
+def build_null_profile(
+    data: ImageData,
+    keys: Sequence[WatermarkKey] = (),
+    *,
+    n_models: int = 20,
+    archs: Sequence[str] = DEFAULT_ARCHS,
+    epochs: int = 2,
+    train_size: int | None = None,
+    lr: float = 1e-3,
+    first_seed: int = 1000,
+    folder: str | Path | None = None,
+    show_progress: bool = False,
+) -> tuple[NullProfile, list[nn.Module]]:
+    """Train (or load from ``folder``) ``n_models`` independent models and profile ``keys`` on them.
+
+    Model ``i`` uses architecture ``archs[i % len(archs)]``, seed ``first_seed + i`` (weights,
+    shuffling, and a random training subset of ``train_size`` images when given).
+    Returns the profile and the models, so more keys can be added without reloading.
+    """
+    folder = Path(folder) if folder is not None else None
+    refs: list[ReferenceModel] = []
+    models: list[nn.Module] = []
+    n_train = len(data.x_train) if train_size is None else min(train_size, len(data.x_train))
+    with progress_bar(n_models, "training independent models", enabled=show_progress) as advance:
+        for i in range(n_models):
+            arch, seed = archs[i % len(archs)], first_seed + i
+            name = f"{data.name}-{arch}-seed{seed}-e{epochs}-n{n_train}-lr{lr:g}.safetensors"
+            path = folder / name if folder is not None else None
+            if path is not None and path.is_file():
+                model = load_model(path)
+            else:
+                rows = np.random.default_rng(seed).permutation(len(data.x_train))[:n_train]
+                model = build_model(arch, data.input_shape, data.num_classes, seed=seed)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    fit(model, to_tensor_dataset(data.x_train[rows], data.y_train[rows]), epochs=epochs, lr=lr, seed=seed)
+                if path is not None:
+                    save_model(model, path)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+            refs.append(ReferenceModel(arch, seed, epochs, n_train, lr, accuracy(model, data.x_test, data.y_test),
+                                       name if path is not None else None, digest))
+            models.append(model)
+            advance()
+    profile = NullProfile(
+        dataset=data.name,
+        references=refs,
+        created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        recipe={"n_models": n_models, "archs": list(archs), "epochs": epochs, "train_size": n_train, "lr": lr,
+                "first_seed": first_seed, "optimiser": "Adam", "batch_size": 64,
+                "subset": "seeded random subset per model" if n_train < len(data.x_train) else "full training set",
+                "torch": torch.__version__},
+    )
+    for key in keys:
+        profile.add_key(key, models)
+    return profile, models

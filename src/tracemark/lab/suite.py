@@ -1,0 +1,149 @@
+"""Attack suites and running them (optionally in parallel processes) under the SoK protocol."""
+
+from __future__ import annotations
+
+import multiprocessing
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tracemark._progress import progress_bar
+from tracemark.attacks import Distill, Extract, FineTune, InputTransform, Prune, Quantize, WeightNoise
+from tracemark.attacks.base import Attack, ThiefData, as_target
+from tracemark.keys.key import WatermarkKey
+from tracemark.lab.errors import LabError
+from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, AttackRecord, evaluate_attack, target_accuracy
+from tracemark.lab.results import SuiteResult
+from tracemark.targets.base import Target
+from tracemark.verify.null import NullModel
+from tracemark.verify.verify import DEFAULT_ALPHA, verify
+
+SUITES = ("quick", "standard")
+
+
+def make_suite(name: str, thief_size: int, ood_size: int | None = None) -> list[Attack]:
+    """The attacks of suite ``name`` for a thief holding ``thief_size`` images (``ood_size`` out-of-domain).
+
+    ``quick`` has one or two light attacks of each kind (for tests and smoke runs);
+    ``standard`` sweeps every kind at the strengths the SoK and the issue ask for.
+    Without out-of-domain images the out-of-domain extraction is left out.
+    """
+    n = int(thief_size)
+    if name == "quick":
+        attacks: list[Attack] = [
+            FineTune("FTLL", n_samples=n, epochs=1), FineTune("RTAL", n_samples=n, epochs=2),
+            Prune(0.5, "magnitude"), Prune(0.2, "random"), Quantize(), WeightNoise(0.1),
+            Distill(n_queries=n, epochs=3), Extract(n_queries=n, epochs=3),
+            InputTransform("blur", 0.7), InputTransform("bitdepth", 3),
+        ]
+        if ood_size:
+            attacks.append(Extract(pool="ood", n_queries=ood_size, epochs=3))
+        return attacks
+    if name != "standard":
+        raise LabError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    attacks = [FineTune(mode, n_samples=n, epochs=5, lr=5e-4) for mode in ("FTLL", "FTAL", "RTLL", "RTAL")]
+    attacks += [FineTune("FTAL", n_samples=n, epochs=5, lr=2e-3), FineTune("RTAL", n_samples=n, epochs=5, lr=2e-3)]
+    attacks += [Prune(r, "magnitude") for r in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)]
+    attacks += [Prune(r, "random") for r in (0.05, 0.1, 0.2, 0.3, 0.5)]
+    attacks += [Quantize()]
+    attacks += [WeightNoise(s) for s in (0.05, 0.1, 0.2, 0.3, 0.5)]
+    attacks += [Distill("small_cnn", n_queries=n, epochs=10), Distill("lenet", n_queries=n, epochs=10)]
+    attacks += [Extract("small_cnn", n_queries=n, epochs=10), Extract("lenet", n_queries=n, epochs=10)]
+    if ood_size:
+        attacks += [Extract("small_cnn", pool="ood", n_queries=ood_size, epochs=10)]
+    attacks += [InputTransform("noise", s) for s in (0.05, 0.1, 0.2)]
+    attacks += [InputTransform("blur", s) for s in (0.5, 0.8, 1.2)]
+    attacks += [InputTransform("resample", f) for f in (1.5, 2.0)]
+    attacks += [InputTransform("bitdepth", b) for b in (4, 2, 1)]
+    return attacks
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result."""
+    import tracemark
+
+    return {"tracemark": tracemark.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+# State shared with forked worker processes (copy-on-write; nothing large is pickled).
+_SHARED: dict[str, Any] = {}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (worker processes), user + system."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_index(index: int) -> tuple[int, AttackRecord]:
+    s = _SHARED
+    return index, evaluate_attack(s["attacks"][index], s["victim"], s["key"], s["test"], s["thief"],
+                                  marked_accuracy=s["marked_accuracy"], null=s["null"], alpha=s["alpha"],
+                                  budget_points=s["budget"])
+
+
+def run_suite(
+    attacks: Sequence[Attack],
+    victim: nn.Module | Target,
+    key: WatermarkKey,
+    test: tuple[np.ndarray, np.ndarray],
+    thief: ThiefData,
+    *,
+    suite: str = "custom",
+    dataset: str = "",
+    null: NullModel | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    budget_points: float = DEFAULT_BUDGET_POINTS,
+    workers: int = 1,
+    show_progress: bool = False,
+    config: dict | None = None,
+) -> SuiteResult:
+    """Run every attack against ``victim`` under the SoK protocol and collect a :class:`SuiteResult`.
+
+    With ``workers > 1`` attacks run in forked processes (one torch thread each). When the
+    victim is only a Target, attacks that need its weights are skipped and listed in the config.
+    """
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    target = as_target(victim)
+    marked_accuracy = target_accuracy(target, *test)
+    marked_trigger = verify(key, target, alpha=alpha, null=null).match_rate
+    runnable = [a for a in attacks if a.access == "api" or isinstance(victim, nn.Module)]
+    skipped = [a.name for a in attacks if a not in runnable]
+    _SHARED.update(attacks=runnable, victim=victim, key=key, test=test, thief=thief, marked_accuracy=marked_accuracy,
+                   null=null, alpha=alpha, budget=budget_points)
+    records: dict[int, AttackRecord] = {}
+    try:
+        with progress_bar(len(runnable), f"attacking ({suite})", enabled=show_progress) as advance:
+            if workers > 1 and len(runnable) > 1:
+                context = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+                    for future in as_completed([pool.submit(_run_index, i) for i in range(len(runnable))]):
+                        i, record = future.result()
+                        records[i] = record
+                        advance()
+            else:
+                for i in range(len(runnable)):
+                    records[i] = _run_index(i)[1]
+                    advance()
+    finally:
+        _SHARED.clear()
+    cfg = {"key": key.describe(), "thief": {"n_images": len(thief.x), "labelled": thief.y is not None,
+                                            "n_out_of_domain": 0 if thief.ood_x is None else len(thief.ood_x),
+                                            "seed": thief.seed},
+           "n_test": len(test[0]), "null": None if null is None else null.to_dict(), "workers": workers,
+           "skipped": skipped, **(config or {})}
+    return SuiteResult(suite, dataset, marked_accuracy, marked_trigger, alpha, budget_points, cfg,
+                       [records[i] for i in range(len(runnable))], versions(), time.perf_counter() - start,
+                       _cpu_seconds() - cpu_start)

@@ -1,0 +1,69 @@
+"""SQLite files shared by server workers: WAL journal, one connection per process and thread."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tracemark.serve.errors import ServeConfigError
+
+SYNC_MODES = ("OFF", "NORMAL", "FULL")
+
+
+class SqliteFile:
+    """A SQLite database in WAL mode, safe to use from several threads and worker processes.
+
+    Each (process, thread) pair gets its own connection, opened on first use, so a forked
+    uvicorn worker never reuses its parent's. The file is created owner-only (0600).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], schema: str, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in SYNC_MODES:
+            raise ServeConfigError(f"synchronous must be one of {', '.join(SYNC_MODES)}, not {synchronous!r}")
+        self.path = Path(path)
+        self._schema = schema
+        self._sync = synchronous.upper()
+        self._local = threading.local()
+        if not self.path.parent.is_dir():
+            raise ServeConfigError(f"cannot create {self.path}: directory {self.path.parent} does not exist")
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self.connection()  # create the schema now, so errors show at start-up
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use :meth:`write` for transactions)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self._sync}")
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.executescript(self._schema)
+            except sqlite3.DatabaseError as exc:
+                raise ServeConfigError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None

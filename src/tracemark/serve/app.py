@@ -1,0 +1,317 @@
+"""The FastAPI application: authenticated, rate-limited, size- and shape-checked, policy-limited, audited.
+
+``create_app(model, config)`` builds it; ``app_from_env()`` is the factory uvicorn workers call.
+Routes: ``POST /v1/predict`` (JSON batch), ``POST /v1/predict/image`` (multipart upload),
+``GET /v1/model`` (public description), ``GET /healthz``, ``GET /metrics``, ``/docs``, ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tracemark.package.licence import OutputPolicy
+from tracemark.serve.audit import AuditLog
+from tracemark.serve.clients import Client, ClientStore
+from tracemark.serve.config import ENV_CONFIG, ServeConfig
+from tracemark.serve.errors import (
+    AuditWriteError,
+    InvalidInputError,
+    LicenceExpiredError,
+    PayloadTooLargeError,
+    ServeConfigError,
+    ServeError,
+)
+from tracemark.serve.hooks import AnswerHook
+from tracemark.serve.metrics import CONTENT_TYPE, Metrics
+from tracemark.serve.model import ServedModel
+from tracemark.serve.policy import effective_policy, render
+from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter
+from tracemark.serve.validation import InputSpec, decode_images, parse_json_inputs
+from tracemark.targets.base import Answers
+
+ROUTES = ("/v1/predict", "/v1/predict/image", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
+
+
+@dataclass
+class Server:
+    """The protected predict path, independent of HTTP: authenticate, check, limit, answer, audit."""
+
+    model: ServedModel
+    spec: InputSpec
+    clients: ClientStore
+    audit: AuditLog
+    limiter: Limiter
+    default_policy: OutputPolicy | None
+    allowance: Allowance
+    metrics: Metrics
+    hook: AnswerHook | None = None
+
+    @property
+    def ceiling(self) -> OutputPolicy | None:
+        """The most a package licence lets any client see (``None`` for a plain model)."""
+        return self.model.licence.output_policy if self.model.licence else None
+
+    def policy_for(self, client: Client) -> OutputPolicy:
+        """The output policy a client gets: its own or the default, capped by the licence."""
+        default = self.default_policy or self.ceiling or OutputPolicy("label")
+        return effective_policy(client.policy, default, self.ceiling)
+
+    def authenticate(self, token: str | None) -> Client:
+        """The active client holding ``token`` (401/403 errors otherwise); refuses all after licence expiry."""
+        client = self.clients.authenticate(token)
+        if self.model.licence_expired():
+            raise LicenceExpiredError("the licence of the served package has expired; ask the vendor to renew it")
+        return client
+
+    def answer(self, client: Client, x: np.ndarray) -> dict[str, Any]:
+        """Charge the client's bucket, run the model, apply hook and policy, audit every input, return the body."""
+        allowance = Allowance(client.rate, client.burst) if client.rate is not None and client.burst is not None else self.allowance
+        self.limiter.charge(client.id, len(x), allowance)
+        probabilities = self.model.probabilities(x)
+        answers = Answers(probabilities.argmax(axis=1), probabilities)
+        if self.hook is not None:
+            answers = self.hook(client, x, answers)
+        policy = self.policy_for(client)
+        body, per_input = render(np.asarray(answers.labels), np.asarray(answers.probabilities), policy)
+        request_id = secrets.token_hex(8)
+        try:
+            self.audit.record(client, request_id, x, per_input, str(policy))
+        except sqlite3.Error as exc:
+            raise AuditWriteError(f"the audit log cannot record this query ({exc}); it was not answered") from exc
+        self.metrics.count("tracemark_queries_answered_total", len(x), client=client.name)
+        return {"request_id": request_id, "model": self.model.model_id, "policy": policy.to_dict(), **body}
+
+
+def _token(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key")
+
+
+class Guard:
+    """ASGI middleware: refuses bodies over ``max_bytes`` (413) and times every request for /metrics."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, path = time.perf_counter(), scope["path"] if scope["path"] in ROUTES else "other"
+        status = [500]
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            error = PayloadTooLargeError(f"request body of {length.decode(errors='replace')} bytes; at most {self.max_bytes} are accepted")
+            await _error_response(error, self.metrics)(scope, receive, send_and_note)
+        else:
+            received = 0
+
+            async def limited() -> Message:
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes")
+                return message
+
+            await self.app(scope, limited, send_and_note)
+        self.metrics.count("tracemark_http_requests_total", path=path, status=str(status[0]))
+        self.metrics.observe(path, time.perf_counter() - start)
+
+
+def _error_response(exc: ServeError, metrics: Metrics) -> JSONResponse:
+    metrics.count("tracemark_requests_refused_total", reason=type(exc).__name__)
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+
+def _json_body(spec: InputSpec) -> dict[str, Any]:
+    """The request schema for ``spec``: nested C×H×W or flat inputs, numbers in the allowed range."""
+    number: dict[str, Any] = {"type": "number"}
+    if spec.value_range is not None:
+        number.update(minimum=spec.value_range[0], maximum=spec.value_range[1])
+    nested = number
+    for dim in reversed(spec.input_shape):
+        nested = {"type": "array", "minItems": dim, "maxItems": dim, "items": nested}
+    flat = {"type": "array", "minItems": spec.size, "maxItems": spec.size, "items": number}
+    inputs = {"type": "array", "minItems": 1, "maxItems": spec.max_batch, "items": {"anyOf": [nested, flat]},
+              "description": f"1 to {spec.max_batch} inputs, each nested {list(spec.input_shape)} or flat [{spec.size}]."}
+    return {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {"inputs": inputs}}
+
+
+_IMAGE_BODY = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "PNG/JPEG images"}},
+}
+_ANSWER = {
+    "type": "object",
+    "required": ["request_id", "model", "policy", "labels"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "model": {"type": "string"},
+        "policy": {"type": "object"},
+        "labels": {"type": "array", "items": {"type": "integer"}},
+        "top_k": {"type": "array", "items": {"type": "object"}},
+        "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+    },
+}
+_ERROR = {"type": "object", "properties": {"detail": {"type": "string"}}}
+
+
+def _predict_docs(body_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    refusals = {"401": "no or unknown API key", "403": "revoked API key", "413": "body too large",
+                "422": "malformed input (the message names the problem)", "429": "rate limit; see Retry-After",
+                "503": "licence expired or audit log unavailable"}
+    responses: dict[str, Any] = {"200": {"description": "answers", "content": {"application/json": {"schema": _ANSWER}}}}
+    responses.update({code: {"description": text, "content": {"application/json": {"schema": _ERROR}}} for code, text in refusals.items()})
+    return {"requestBody": {"required": True, "content": {body_type: {"schema": schema}}}, "responses": responses,
+            "security": [{"bearer": []}, {"apiKey": []}]}
+
+
+def create_app(
+    model: ServedModel,
+    config: ServeConfig,
+    *,
+    clients: ClientStore | None = None,
+    audit: AuditLog | None = None,
+    limiter: Limiter | None = None,
+    hook: AnswerHook | None = None,
+) -> FastAPI:
+    """The protected prediction API for ``model`` under ``config`` (stores opened from its paths unless given)."""
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    metrics = Metrics()
+    if limiter is None:
+        limiter = SqliteLimiter(config.limits_db) if config.limits_shared else MemoryLimiter()
+    audit = audit or AuditLog(config.audit_db, config.retention_days, config.audit_sync)
+    audit.purge()
+    server = Server(
+        model=model,
+        spec=InputSpec(model.input_shape, config.max_batch, config.value_range),
+        clients=clients or ClientStore(config.clients_db),
+        audit=audit,
+        limiter=limiter,
+        default_policy=config.default_policy,
+        allowance=Allowance(config.rate, config.burst),
+        metrics=metrics,
+        hook=hook,
+    )
+    app = FastAPI(
+        title="tracemark protected prediction API",
+        version="1",
+        description="Answers classification queries for authorised clients, within their output policy and rate; every query is audited.",
+    )
+    app.state.server = server
+
+    @app.exception_handler(ServeError)
+    async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        return _error_response(exc, metrics)
+
+    @app.post("/v1/predict", openapi_extra=_predict_docs("application/json", _json_body(server.spec)), response_class=JSONResponse)
+    async def predict(request: Request) -> Response:
+        """Classify a batch of inputs sent as JSON ``{"inputs": [...]}``."""
+        token = _token(request)
+        body = await request.body()
+
+        def work() -> dict[str, Any]:
+            client = server.authenticate(token)
+            return server.answer(client, parse_json_inputs(body, server.spec))
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    @app.post("/v1/predict/image", openapi_extra=_predict_docs("multipart/form-data", _IMAGE_BODY), response_class=JSONResponse)
+    async def predict_image(request: Request) -> Response:
+        """Classify uploaded images (multipart field ``image``, repeatable), resized to the model's input."""
+        client = server.authenticate(_token(request))
+        try:
+            form = await request.form(max_files=server.spec.max_batch, max_fields=server.spec.max_batch)
+        except ServeError:
+            raise
+        except Exception as exc:  # starlette/python-multipart raise several types for broken multipart bodies
+            raise InvalidInputError(f"not a readable multipart/form-data body ({exc})") from exc
+        uploads = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        if not uploads:
+            raise InvalidInputError("no 'image' file in the form; send -F image=@file.png")
+        files = [(item.filename or f"image {i}", await item.read()) for i, item in enumerate(uploads)]
+        await form.close()
+        return JSONResponse(await run_in_threadpool(lambda: server.answer(client, decode_images(files, server.spec))))
+
+    @app.get("/v1/model")
+    async def describe() -> dict[str, Any]:
+        """Public description of the served model: shape, classes, limits. No weights, no keys."""
+        default = server.default_policy or server.ceiling or OutputPolicy("label")
+        return {**model.describe(), **server.spec.to_dict(), "max_body_bytes": config.max_body_bytes,
+                "default_output": default.to_dict(), "query": "one input of a batch (rate limits and audit count queries)"}
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        """Liveness: the model is loaded, the licence valid, the audit log reachable."""
+        try:
+            audit.db.connection().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            return JSONResponse({"status": "error", "detail": f"audit log unavailable ({exc})"}, status_code=503)
+        if model.licence_expired():
+            return JSONResponse({"status": "error", "detail": "licence expired"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model.model_id})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics of this worker process."""
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(Guard, max_bytes=config.max_body_bytes, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app described by ``$TRACEMARK_SERVE_CONFIG`` (JSON of :class:`ServeConfig`); each worker opens its own model."""
+    text = os.environ.get(ENV_CONFIG)
+    if not text:
+        raise ServeConfigError(f"{ENV_CONFIG} is not set; start the server with `tracemark serve`")
+    config = ServeConfig.from_json(text)
+    return create_app(config.load_model(), config)
+
+
+__all__ = ["create_app", "app_from_env", "Server", "Guard"]

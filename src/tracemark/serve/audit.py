@@ -1,0 +1,199 @@
+"""The audit log: one SQLite row per answered query (one input of a batch), with retention and export.
+
+Each row holds the client, the UTC time, the request id, the input's index in its batch, the
+SHA-256 of the input (little-endian float32, C order: ``tracemark.targets.http.inputs_sha256``
+of that one input) and of the whole batch (what an HttpTarget transcript records), the output
+policy and the exact answer returned. Rows are written before the answer is sent; if they
+cannot be written, the query is not answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracemark._util.canonical import canonical_json
+from tracemark._util.files import atomic_write_bytes
+from tracemark.serve._db import SqliteFile
+from tracemark.serve.clients import Client, utc_now
+from tracemark.serve.errors import ServeConfigError
+
+EXPORT_FORMAT = "tracemark-serve-audit"
+EXPORT_VERSION = 1
+PURGE_INTERVAL_S = 3600.0
+"""How often (at most) the write path deletes rows older than the retention period."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    client_name TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    batch_index INTEGER NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    batch_sha256 TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    answer TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queries_time ON queries (time);
+CREATE INDEX IF NOT EXISTS queries_client ON queries (client_id, time);
+"""
+_COLUMNS = "id, time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One answered query."""
+
+    id: int
+    time: str
+    client_id: str
+    client_name: str
+    request_id: str
+    batch_index: int
+    input_sha256: str
+    batch_sha256: str
+    policy: str
+    answer: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.time} {self.client_name} {self.request_id}[{self.batch_index}] {self.input_sha256[:16]}… -> {self.answer}"
+
+
+@dataclass(frozen=True)
+class AuditExport:
+    """An exported slice of the audit log: where it was written, how many rows, and the file's SHA-256."""
+
+    path: str
+    rows: int
+    sha256: str
+    first: str | None
+    last: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        span = f"{self.first} to {self.last}" if self.rows else "no rows"
+        return f"exported {self.rows} audit rows ({span}) to {self.path}\n  sha256 {self.sha256}"
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ServeConfigError("give audit time bounds with a time zone (UTC)")
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditLog:
+    """The SQLite audit log (WAL). ``retention_days`` (None: keep forever) bounds how long rows are kept.
+
+    ``synchronous="NORMAL"`` survives a crash of the server; ``"FULL"`` also a power cut, at one
+    fsync per request.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], retention_days: float | None = None, synchronous: str = "NORMAL") -> None:
+        if retention_days is not None and not retention_days > 0:
+            raise ServeConfigError(f"retention must be a positive number of days, not {retention_days}")
+        self.db = SqliteFile(path, _SCHEMA, synchronous)
+        self.retention_days = retention_days
+        self._last_purge = float("-inf")
+        self._purge_lock = threading.Lock()
+
+    def record(self, client: Client, request_id: str, inputs: np.ndarray, answers: list[dict[str, Any]], policy: str) -> None:
+        """Write one row per input (all or none), then purge expired rows if an interval has passed."""
+        data = np.ascontiguousarray(inputs, dtype="<f4")
+        batch_sha = hashlib.sha256(data.tobytes()).hexdigest()
+        now = utc_now()
+        rows = [
+            (now, client.id, client.name, request_id, i, hashlib.sha256(data[i].tobytes()).hexdigest(), batch_sha, policy,
+             json.dumps(answer, separators=(",", ":")))
+            for i, answer in enumerate(answers)
+        ]
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT INTO queries (time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._maybe_purge()
+
+    def _maybe_purge(self) -> None:
+        if self.retention_days is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:
+            return
+        if self._purge_lock.acquire(blocking=False):
+            try:
+                self._last_purge = time.monotonic()
+                self.purge()
+            finally:
+                self._purge_lock.release()
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Delete rows older than the retention period; returns how many went."""
+        if self.retention_days is None:
+            return 0
+        cutoff = _iso((now or datetime.now(timezone.utc)) - timedelta(days=self.retention_days))
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM queries WHERE time < ?", (cutoff,)).rowcount
+
+    def _where(self, since: datetime | str | None, until: datetime | str | None, client_id: str | None) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        for clause, value in (("time >= ?", _iso(since)), ("time < ?", _iso(until)), ("client_id = ?", client_id)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def count(self, since: datetime | str | None = None, until: datetime | str | None = None, client_id: str | None = None) -> int:
+        """Rows in the log (optionally in a time window, for one client)."""
+        where, args = self._where(since, until, client_id)
+        return int(self.db.connection().execute(f"SELECT count(*) FROM queries{where}", args).fetchone()[0])
+
+    def records(self, since: datetime | str | None = None, until: datetime | str | None = None,
+                client_id: str | None = None) -> Iterator[AuditRecord]:
+        """Rows in id order (optionally in ``[since, until)``, for one client)."""
+        where, args = self._where(since, until, client_id)
+        for row in self.db.connection().execute(f"SELECT {_COLUMNS} FROM queries{where} ORDER BY id", args):
+            yield AuditRecord(*row[:9], answer=json.loads(row[9]))
+
+    def export(self, out: str | os.PathLike[str], since: datetime | str | None = None, until: datetime | str | None = None,
+               client_id: str | None = None) -> AuditExport:
+        """Write rows as one canonical JSON document (format ``tracemark-serve-audit`` v1), atomically.
+
+        The file can be attached to the evidence ledger (``tracemark audit export --record``) and so
+        travels in evidence bundles.
+        """
+        records = [r.to_dict() for r in self.records(since, until, client_id)]
+        doc = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "exported": utc_now(),
+            "source": Path(self.db.path).name,
+            "filter": {"since": _iso(since), "until": _iso(until), "client_id": client_id},
+            "query": "one input of a batch; batch_index is its position in its request",
+            "input_hash": "sha256 of the input's little-endian float32 bytes, C order; batch_sha256 likewise for the request's whole batch",
+            "rows": len(records),
+            "records": records,
+        }
+        data = canonical_json(doc) + b"\n"
+        path = atomic_write_bytes(out, data, mode=0o600)
+        first, last = (records[0]["time"], records[-1]["time"]) if records else (None, None)
+        return AuditExport(str(path), len(records), hashlib.sha256(data).hexdigest(), first, last)
+
+
+__all__ = ["AuditLog", "AuditRecord", "AuditExport", "EXPORT_FORMAT"]

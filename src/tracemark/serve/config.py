@@ -1,0 +1,117 @@
+"""Server configuration: one dataclass, passed to worker processes as JSON in an environment variable."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracemark.package.licence import OutputPolicy
+from tracemark.serve.errors import ServeConfigError
+from tracemark.serve.model import ServedModel, from_file, from_package, is_package
+
+ENV_CONFIG = "TRACEMARK_SERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class UnlockSpec:
+    """How to open a package: names of secrets, never the secrets (passphrase by environment variable)."""
+
+    passphrase_env: str | None = None
+    key_files: tuple[str, ...] = ()
+    tpm_tcti: str | None = None
+    machine: bool = False
+    vendor_pub: str | None = None
+
+    def unlockers(self) -> list[Any]:
+        """The package unlockers this spec names."""
+        from tracemark.package import MachineSecret, Passphrase, RecipientKey, TpmDevice, VendorKey
+
+        found: list[Any] = []
+        if self.passphrase_env:
+            secret = os.environ.get(self.passphrase_env)
+            if not secret:
+                raise ServeConfigError(f"environment variable {self.passphrase_env} is empty or unset; export the passphrase in it")
+            found.append(Passphrase(secret))
+        found += [RecipientKey.from_vendor(VendorKey.load(path)) for path in self.key_files]
+        if self.tpm_tcti:
+            found.append(TpmDevice(self.tpm_tcti))
+        if self.machine:
+            found.append(MachineSecret())
+        if not found:
+            raise ServeConfigError("a package needs a way to open it: --passphrase-env VAR, --key FILE, --tpm or --machine")
+        return found
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``tracemark serve`` needs; rates are in queries (inputs) per second.
+
+    ``default_policy`` applies to clients without their own; ``None`` means the package licence's
+    policy, or label-only for a plain model file.
+    """
+
+    model: str
+    clients_db: str = "clients.sqlite"
+    audit_db: str = "audit.sqlite"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_batch: int = 64
+    max_body_bytes: int = 4 << 20
+    value_range: tuple[float, float] | None = (0.0, 1.0)
+    input_shape: tuple[int, ...] | None = None
+    default_policy: OutputPolicy | None = None
+    rate: float = 50.0
+    burst: float = 200.0
+    retention_days: float | None = 90.0
+    audit_sync: str = "NORMAL"
+    shared_limits: bool | None = None
+    unlock: UnlockSpec = field(default_factory=UnlockSpec)
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_batch < 1 or self.max_body_bytes < 1024:
+            raise ServeConfigError("workers and max_batch must be >= 1 and max_body_bytes >= 1024")
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ServeConfigError(f"value range {self.value_range} is empty; give MIN,MAX with MIN < MAX")
+
+    @property
+    def limits_shared(self) -> bool:
+        """Whether rate-limit buckets live in SQLite (default: when there are several workers)."""
+        return self.workers > 1 if self.shared_limits is None else self.shared_limits
+
+    @property
+    def limits_db(self) -> str:
+        """The SQLite file of shared rate-limit buckets, next to the client store."""
+        return str(Path(self.clients_db).with_suffix(".limits.sqlite"))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        raw = json.loads(text)
+        if raw["default_policy"] is not None:
+            raw["default_policy"] = OutputPolicy.from_dict(raw["default_policy"])
+        raw["unlock"] = UnlockSpec(**{**raw["unlock"], "key_files": tuple(raw["unlock"]["key_files"])})
+        for name in ("value_range", "input_shape"):
+            raw[name] = tuple(raw[name]) if raw[name] is not None else None
+        return cls(**raw)
+
+    def load_model(self) -> ServedModel:
+        """Open the package or model file this config names."""
+        from tracemark.package import VendorPublicKey
+
+        path = Path(self.model)
+        if not path.is_file():
+            raise ServeConfigError(f"no model or package at {path}")
+        if is_package(path):
+            pin = VendorPublicKey.load(self.unlock.vendor_pub) if self.unlock.vendor_pub else None
+            return from_package(path, self.unlock.unlockers(), pin, self.input_shape)
+        return from_file(path, self.input_shape)
+
+
+__all__ = ["ServeConfig", "UnlockSpec", "ENV_CONFIG"]

@@ -1,0 +1,128 @@
+"""Turning request bodies into model inputs, refusing anything malformed with a message that names it."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tracemark.serve.errors import InvalidInputError
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Largest image (width × height) an upload may declare; larger ones are refused before decoding."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model takes: the shape of one input, the largest batch, and the allowed value range."""
+
+    input_shape: tuple[int, ...]
+    max_batch: int = 64
+    value_range: tuple[float, float] | None = (0.0, 1.0)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.input_shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "max_batch": self.max_batch,
+                "value_range": list(self.value_range) if self.value_range else None}
+
+
+def _batch_size_ok(n: int, spec: InputSpec) -> None:
+    if n == 0:
+        raise InvalidInputError("'inputs' is empty; send at least one input")
+    if n > spec.max_batch:
+        raise InvalidInputError(f"batch of {n} inputs is larger than the maximum of {spec.max_batch}; split it")
+
+
+def parse_json_inputs(body: bytes, spec: InputSpec) -> np.ndarray:
+    """A float32 batch (N, *input_shape) from ``{"inputs": [...]}``: nested N×C×H×W or flat N×(C·H·W) lists."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"body is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise InvalidInputError("body is nested too deeply to be an input batch") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInputError(f'body must be a JSON object {{"inputs": [...]}}, not a {type(doc).__name__}')
+    extra = sorted(set(doc) - {"inputs"})
+    if extra:
+        raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, extra))}; the body is {{\"inputs\": [...]}}")
+    if "inputs" not in doc:
+        raise InvalidInputError("body has no 'inputs' field")
+    inputs = doc["inputs"]
+    if not isinstance(inputs, list):
+        raise InvalidInputError(f"'inputs' must be a list of inputs, not a {type(inputs).__name__}")
+    _batch_size_ok(len(inputs), spec)
+    try:
+        raw = np.asarray(inputs)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError("'inputs' is ragged: every input must have the same nested list shape") from exc
+    if raw.dtype.kind == "b":
+        raise InvalidInputError("'inputs' holds true/false; values must be numbers")
+    if raw.dtype.kind not in "iuf":
+        raise InvalidInputError("'inputs' holds non-numbers (strings, null, objects) or is ragged; values must be numbers")
+    shape = tuple(raw.shape[1:])
+    if shape == (spec.size,) and raw.ndim == 2:
+        raw = raw.reshape(len(raw), *spec.input_shape)
+    elif shape != spec.input_shape:
+        raise InvalidInputError(
+            f"each input has shape {list(shape)}; the model takes {list(spec.input_shape)} (or flat [{spec.size}])"
+        )
+    return _checked_values(raw.astype(np.float64, copy=False), spec)
+
+
+def _checked_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int(np.argwhere(~finite.reshape(len(x), -1).all(axis=1))[0][0])
+        raise InvalidInputError(f"input {bad} contains NaN or infinity")
+    if spec.value_range is not None:
+        lo, hi = spec.value_range
+        outside = (x < lo) | (x > hi)
+        if outside.any():
+            bad = int(np.argwhere(outside.reshape(len(x), -1).any(axis=1))[0][0])
+            raise InvalidInputError(
+                f"input {bad} has values in [{x[bad].min():g}, {x[bad].max():g}], outside the allowed range [{lo:g}, {hi:g}]"
+            )
+    out = x.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InvalidInputError("inputs hold values too large for float32")
+    return np.ascontiguousarray(out)
+
+
+def decode_image(data: bytes, spec: InputSpec, name: str = "image") -> np.ndarray:
+    """One uploaded image (PNG, JPEG, ...) as a float32 C×H×W input in [0, 1], resized to the model's H×W."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
+        raise InvalidInputError(f"this model takes inputs of shape {list(spec.input_shape)}, not images; send JSON arrays")
+    channels, height, width = spec.input_shape
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InvalidInputError(f"{name} is {img.width}×{img.height} pixels; at most {MAX_IMAGE_PIXELS} are accepted")
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32) / 255.0
+    except InvalidInputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInputError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return _checked_values(pixels[None].astype(np.float64), spec)[0]
+
+
+def decode_images(files: list[tuple[str, bytes]], spec: InputSpec) -> np.ndarray:
+    """A batch from uploaded images ``[(name, bytes), ...]``."""
+    _batch_size_ok(len(files), spec)
+    return np.stack([decode_image(data, spec, name or f"image {i}") for i, (name, data) in enumerate(files)])
+
+
+__all__ = ["InputSpec", "parse_json_inputs", "decode_image", "decode_images", "MAX_IMAGE_PIXELS"]

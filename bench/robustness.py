@@ -90,9 +90,11 @@ def config_table(r: dict) -> list[str]:
 def markdown(out: Path) -> str:
     """The docs section, from every result JSON under ``out/robustness``."""
     lines = [START, "## Robustness lab (capability 4)", "",
-             f"Machine: 2 cores shared with other jobs (`nice -n 10`, 2 worker processes, one torch thread each); "
-             f"date: {date.today().isoformat()}; torch {torch.__version__}. Per-run JSON and HTML reports: "
-             "`bench/out/robustness/`.", "",
+             "Command: `nice -n 10 .venv/bin/python bench/robustness.py` (all three configurations on both datasets; "
+             "trained models and null-profile models are cached in `bench/out/cache/`, `--docs-only` rebuilds this "
+             f"section from the saved results). Machine: 2 cores shared with other jobs' experiments (load average 5-6 "
+             f"during the runs; 2 worker processes, one torch thread each); date: {date.today().isoformat()}; "
+             f"torch {torch.__version__}. Per-run JSON and HTML reports: `bench/out/robustness/`.", "",
              "Protocol (Lukas et al., SoK, IEEE S&P 2022): an attack *removes* the mark when verification no longer says "
              "`copy` (alpha 1e-9) while the thief's clean accuracy stays within 2 points of the marked model. The thief "
              "holds the last 10,000 training images (labelled for fine-tuning; unlabelled as the in-domain query pool of "
@@ -135,7 +137,7 @@ def write_docs(section: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    parser.add_argument("--configs", nargs="+", default=["baseline", "strong"], choices=sorted(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--thief-size", type=int, default=10000)
     parser.add_argument("--ood-size", type=int, default=5000)

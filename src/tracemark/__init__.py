@@ -7,59 +7,70 @@ The public API, in the order a user meets it::
     key = tm.WatermarkKey.generate("content", images=data.x_train, labels=data.y_train)
     report = tm.embed(model, key, data)            # or tm.TriggerMixDataset in your own loop
     verdict = tm.verify(key, tm.TorchTarget(model))  # or tm.load_target(path), tm.HttpTarget(url)
+
+Names are imported on first use, so ``import tracemark`` (and the CLI, and parts such as the
+ledger that need no model code) start without loading torch.
 """
 
-from tracemark import errors
-from tracemark.data import ImageData, ModelSpec, build_model, load_dataset, load_model, save_model
-from tracemark.data.export import save_exported, save_onnx
-from tracemark.embed import EmbedReport, TriggerMixDataset, assess, embed
-from tracemark.keys import KINDS, TriggerSet, WatermarkKey
-from tracemark.targets import Answers, CallableTarget, OnnxTarget, Target, TorchTarget, exported_target, load_target
-from tracemark.training import accuracy, fit, predict_labels, to_tensor_dataset
-from tracemark.verify import DEFAULT_ALPHA, NullModel, Verdict, empirical_null, verify
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_ALPHA",
-    "KINDS",
-    "Answers",
-    "CallableTarget",
-    "EmbedReport",
-    "HttpTarget",
-    "ImageData",
-    "ModelSpec",
-    "NullModel",
-    "OnnxTarget",
-    "Target",
-    "TorchTarget",
-    "TriggerMixDataset",
-    "TriggerSet",
-    "Verdict",
-    "WatermarkKey",
-    "accuracy",
-    "assess",
-    "build_model",
-    "embed",
-    "empirical_null",
-    "errors",
-    "exported_target",
-    "fit",
-    "load_dataset",
-    "load_model",
-    "load_target",
-    "predict_labels",
-    "save_exported",
-    "save_model",
-    "save_onnx",
-    "to_tensor_dataset",
-    "verify",
-]
+_EXPORTS: dict[str, str] = {
+    # keys
+    "KINDS": "tracemark.keys",
+    "TriggerSet": "tracemark.keys",
+    "WatermarkKey": "tracemark.keys",
+    # data, models, training
+    "ImageData": "tracemark.data",
+    "ModelSpec": "tracemark.data",
+    "build_model": "tracemark.data",
+    "load_dataset": "tracemark.data",
+    "load_model": "tracemark.data",
+    "save_model": "tracemark.data",
+    "save_exported": "tracemark.data.export",
+    "save_onnx": "tracemark.data.export",
+    "accuracy": "tracemark.training",
+    "fit": "tracemark.training",
+    "predict_labels": "tracemark.training",
+    "to_tensor_dataset": "tracemark.training",
+    # embedding
+    "EmbedReport": "tracemark.embedding",
+    "TriggerMixDataset": "tracemark.embedding",
+    "assess": "tracemark.embedding",
+    "embed": "tracemark.embedding",
+    # targets
+    "Answers": "tracemark.targets",
+    "CallableTarget": "tracemark.targets",
+    "HttpTarget": "tracemark.targets.http",
+    "OnnxTarget": "tracemark.targets",
+    "Target": "tracemark.targets",
+    "TorchTarget": "tracemark.targets",
+    "exported_target": "tracemark.targets",
+    "load_target": "tracemark.targets",
+    # verification
+    "DEFAULT_ALPHA": "tracemark.verification",
+    "NullModel": "tracemark.verification",
+    "Verdict": "tracemark.verification",
+    "empirical_null": "tracemark.verification",
+    "verify": "tracemark.verification",
+}
+
+__all__ = sorted([*_EXPORTS, "errors"])
 
 
-def __getattr__(name: str):  # HttpTarget pulls in httpx only when used
-    if name == "HttpTarget":
-        from tracemark.targets.http import HttpTarget
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module("tracemark.errors")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tracemark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
-        return HttpTarget
-    raise AttributeError(f"module 'tracemark' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__

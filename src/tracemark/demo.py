@@ -13,12 +13,12 @@ import torch
 from tracemark._util.files import atomic_write_text
 from tracemark.data import build_model, load_dataset, save_model
 from tracemark.data.export import save_onnx
-from tracemark.embed import EmbedReport, embed
+from tracemark.embedding import EmbedReport, embed
 from tracemark.keys import WatermarkKey
 from tracemark.report import trigger_grid
 from tracemark.targets import TorchTarget, load_target
 from tracemark.training import accuracy, fit, to_tensor_dataset
-from tracemark.verify import verify
+from tracemark.verification import verify
 
 
 @dataclass

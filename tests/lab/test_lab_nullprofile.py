@@ -9,6 +9,7 @@ import pytest
 
 import tracemark as tm
 from tracemark.lab import NullProfile, NullProfileError, build_null_profile
+from tracemark.verification import verify
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_verify_uses_the_profile_null(profiled, models):
     profile, _, _ = profiled
     null = profile.null_for(models.key)
     assert null.source == "empirical" and null.details["n_models"] == 4
-    verdict = tm.verify(models.key, tm.TorchTarget(models.marked), null=null)
+    verdict = verify(models.key, tm.TorchTarget(models.marked), null=null)
     assert verdict.is_copy and verdict.null["rate"] == max(null.rate, 1 / 9)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -69,14 +70,15 @@ def test_concurrent_appenders_make_one_valid_chain(tmp_path: Path, owner: OwnerI
 
 def test_sigkill_mid_append_never_loses_an_acknowledged_entry(tmp_path: Path, owner: OwnerIdentity, owner_file: Path) -> None:
     ledger = Ledger.init(tmp_path / "ledger", owner)
-    for round_ in range(3):
+    kill_delays = random.Random(7).choices([0.0, 0.0005, 0.001, 0.002, 0.004, 0.008], k=20)
+    for round_, delay in enumerate(kill_delays):  # 20 kills at random moments
         proc = _spawn(ledger.directory, owner_file, f"K{round_}", 10_000)
         _wait_ready(proc)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        acked = [proc.stdout.readline() for _ in range(5 + 7 * round_)]
-        time.sleep(0.003 * round_)  # kill at different points of an append
+        acked = [proc.stdout.readline() for _ in range(1 + round_ % 5)]
+        time.sleep(delay)  # kill at different points of an append
         os.kill(proc.pid, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=10)
         acked += rest.splitlines()

@@ -23,7 +23,7 @@ def train(
 ) -> None:
     """Train a reference model (optionally marking it during training)."""
     from tracemark.data import build_model, load_dataset, save_model
-    from tracemark.embed import TriggerMixDataset, assess
+    from tracemark.embedding import TriggerMixDataset, assess
     from tracemark.training import accuracy, fit, to_tensor_dataset
 
     dataset = load_dataset(data)
@@ -56,7 +56,7 @@ def embed(
 ) -> None:
     """Embed a key into an already-trained model by short fine-tuning."""
     from tracemark.data import load_dataset, load_model, save_model
-    from tracemark.embed import embed as embed_key
+    from tracemark.embedding import embed as embed_key
 
     wm_key = load_key(key)
     net = load_model(model)

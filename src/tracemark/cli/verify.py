@@ -43,7 +43,7 @@ def verify(
 ) -> None:
     """Check a suspect for the watermark and print the verdict with its p-value."""
     from tracemark.targets import load_target
-    from tracemark.verify import verify as run_verify
+    from tracemark.verification import verify as run_verify
 
     if (model is None) == (url is None):
         raise typer.BadParameter("give exactly one of --model or --url")

@@ -1,18 +1,22 @@
 """Trigger augmentation for training-time marks: show the model its triggers the way a thief's pre-processor would.
 
-Wraps a :class:`~tracemark.embed.TriggerMixDataset` and, for trigger items only, applies a
+Wraps a :class:`~tracemark.embedding.TriggerMixDataset` and, for trigger items only, applies a
 random query-time transformation (blur, down/up-sampling, pixel noise, bit-depth reduction or
 none), so the learned trigger feature survives those transformations.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from tracemark.attacks.transform import bit_depth, blur, gaussian_noise, resample
-from tracemark.embed.mixing import TriggerMixDataset
+
+if TYPE_CHECKING:
+    from tracemark.embedding.mixing import TriggerMixDataset
 
 
 def random_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

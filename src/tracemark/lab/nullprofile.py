@@ -28,8 +28,8 @@ from tracemark.lab.errors import NullProfileError
 from tracemark.targets.base import Target
 from tracemark.targets.local import TorchTarget
 from tracemark.training import accuracy, fit, to_tensor_dataset
-from tracemark.verify.null import EMPIRICAL_CONFIDENCE, NullModel, choose_null
-from tracemark.verify.stats import binomial_pvalue, clopper_pearson_upper
+from tracemark.verification.null import EMPIRICAL_CONFIDENCE, NullModel, choose_null
+from tracemark.verification.stats import binomial_pvalue, clopper_pearson_upper
 
 PROFILE_FORMAT = "tracemark-null-profile/1"
 DEFAULT_ARCHS = ("small_cnn", "lenet", "mlp")

@@ -12,8 +12,8 @@ from torch import nn
 from tracemark.attacks.base import Attack, ThiefData
 from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
-from tracemark.verify.null import NullModel
-from tracemark.verify.verify import DEFAULT_ALPHA, verify
+from tracemark.verification.null import NullModel
+from tracemark.verification.verify import DEFAULT_ALPHA, verify
 
 DEFAULT_BUDGET_POINTS = 2.0
 

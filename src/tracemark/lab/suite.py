@@ -22,8 +22,8 @@ from tracemark.lab.errors import LabError
 from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, AttackRecord, evaluate_attack, target_accuracy
 from tracemark.lab.results import SuiteResult
 from tracemark.targets.base import Target
-from tracemark.verify.null import NullModel
-from tracemark.verify.verify import DEFAULT_ALPHA, verify
+from tracemark.verification.null import NullModel
+from tracemark.verification.verify import DEFAULT_ALPHA, verify
 
 SUITES = ("quick", "standard")
 

@@ -15,12 +15,9 @@ from torch import nn
 from tracemark.attacks.base import ThiefData
 from tracemark.data.datasets import ImageData, load_dataset
 from tracemark.data.models import build_model, load_model, save_model
-from tracemark.embed.mixing import TriggerMixDataset
-from tracemark.embed.posthoc import embed
 from tracemark.errors import DatasetError
 from tracemark.keys.key import WatermarkKey
 from tracemark.keys.kinds import unrelated_pool_from_sample_photos
-from tracemark.lab.augment import TransformedTriggers
 from tracemark.lab.errors import LabError
 from tracemark.training import accuracy, fit, to_tensor_dataset
 
@@ -32,7 +29,7 @@ OTHER_DOMAIN = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 class MarkConfig:
     """How the owner marks its model.
 
-    ``posthoc`` trains a clean model for ``epochs`` then embeds with :func:`tracemark.embed`;
+    ``posthoc`` trains a clean model for ``epochs`` then embeds with :func:`tracemark.embedding`;
     ``mixing`` trains from scratch on :class:`TriggerMixDataset` (``ratio`` of triggers,
     ``augment`` for shifted triggers, ``transform_augment`` to also blur, resample, add noise to
     or reduce the bit depth of trigger items, see :mod:`tracemark.lab.augment`). ``label_mode="single"`` is the NXP/IBM one-class
@@ -97,6 +94,10 @@ def marked_victim(owner: ImageData, config: MarkConfig, cache: str | Path | None
 
     Returns the marked model, its key, and facts about it (accuracies, unmarked baseline).
     """
+    from tracemark.embedding.mixing import TriggerMixDataset
+    from tracemark.embedding.posthoc import embed
+    from tracemark.lab.augment import TransformedTriggers
+
     key = WatermarkKey.generate(config.kind, images=owner.x_train, labels=owner.y_train, n_triggers=config.n_triggers,
                                 label_mode=config.label_mode, target_label=config.target_label,
                                 seed=_key_seed(config, owner.name), name=f"lab-{config.name}")

@@ -3,63 +3,58 @@
 Build with :func:`pack_model`, open with :func:`load_package` (in memory only), read the
 manifest and licence without decrypting with :func:`inspect_package`. Format:
 docs/formats/package.md; guide: docs/guide/packaging.md.
+
+Names are imported on first use, so the CLI and the device-side tools start without torch.
 """
 
 from __future__ import annotations
 
-from tracemark.package.build import PackResult, pack_model
-from tracemark.package.device import DeviceEnrolment, TpmEnrolment, device_id, enrol_device
-from tracemark.package.errors import (
-    CorruptPackageError,
-    KeyUnwrapError,
-    PackageSignatureError,
-    WrongPackagePassphraseError,
-    WrongRecipientKeyError,
-)
-from tracemark.package.licence import Licence, OutputPolicy
-from tracemark.package.load import LoadedPackage, PackageInfo, decrypt_package, inspect_package, load_package, unpack_package
-from tracemark.package.signing import VendorKey, VendorPublicKey
-from tracemark.package.wrap import (
-    MachineSecret,
-    MachineWrap,
-    Passphrase,
-    PassphraseWrap,
-    RecipientKey,
-    RecipientWrap,
-    TpmDevice,
-    TpmWrap,
-    enrol_tpm,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "pack_model",
-    "PackResult",
-    "load_package",
-    "decrypt_package",
-    "inspect_package",
-    "unpack_package",
-    "LoadedPackage",
-    "PackageInfo",
-    "Licence",
-    "OutputPolicy",
-    "VendorKey",
-    "VendorPublicKey",
-    "DeviceEnrolment",
-    "TpmEnrolment",
-    "device_id",
-    "enrol_device",
-    "PassphraseWrap",
-    "Passphrase",
-    "RecipientWrap",
-    "RecipientKey",
-    "MachineWrap",
-    "MachineSecret",
-    "TpmWrap",
-    "TpmDevice",
-    "enrol_tpm",
-    "CorruptPackageError",
-    "KeyUnwrapError",
-    "PackageSignatureError",
-    "WrongPackagePassphraseError",
-    "WrongRecipientKeyError",
-]
+_EXPORTS: dict[str, str] = {
+    "PackResult": "tracemark.package.build",
+    "pack_model": "tracemark.package.build",
+    "DeviceEnrolment": "tracemark.package.device",
+    "TpmEnrolment": "tracemark.package.device",
+    "device_id": "tracemark.package.device",
+    "enrol_device": "tracemark.package.device",
+    "CorruptPackageError": "tracemark.package.errors",
+    "KeyUnwrapError": "tracemark.package.errors",
+    "PackageSignatureError": "tracemark.package.errors",
+    "WrongPackagePassphraseError": "tracemark.package.errors",
+    "WrongRecipientKeyError": "tracemark.package.errors",
+    "Licence": "tracemark.package.licence",
+    "OutputPolicy": "tracemark.package.licence",
+    "LoadedPackage": "tracemark.package.load",
+    "PackageInfo": "tracemark.package.load",
+    "decrypt_package": "tracemark.package.load",
+    "inspect_package": "tracemark.package.load",
+    "load_package": "tracemark.package.load",
+    "unpack_package": "tracemark.package.load",
+    "VendorKey": "tracemark.package.signing",
+    "VendorPublicKey": "tracemark.package.signing",
+    "MachineSecret": "tracemark.package.wrap",
+    "MachineWrap": "tracemark.package.wrap",
+    "Passphrase": "tracemark.package.wrap",
+    "PassphraseWrap": "tracemark.package.wrap",
+    "RecipientKey": "tracemark.package.wrap",
+    "RecipientWrap": "tracemark.package.wrap",
+    "TpmDevice": "tracemark.package.wrap",
+    "TpmWrap": "tracemark.package.wrap",
+    "enrol_tpm": "tracemark.package.wrap",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tracemark.package' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

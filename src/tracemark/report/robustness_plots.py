@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 
 from tracemark.lab.results import SuiteResult
-from tracemark.verify.stats import log10_or_floor
+from tracemark.verification.stats import log10_or_floor
 
 KIND_COLOURS = {"finetune": "#1f77b4", "prune": "#ff7f0e", "quantize": "#2ca02c", "noise": "#d62728",
                 "distill": "#9467bd", "extract": "#8c564b", "transform": "#e377c2"}
@@ -91,7 +91,7 @@ def accuracy_vs_pvalue(result: SuiteResult) -> bytes:
     ax.axvline(floor, color="grey", lw=0.8, ls=":", label=f"marked − {result.budget_points:g} pts")
     ax.set_ylim(0, top)
     ax.set_xlabel("thief's clean accuracy (%)")
-    ax.set_ylabel("evidence: −log10 p-value")
+    ax.set_ylabel("evidence: −log10 p-value (p = 0 drawn at 300)")
     ax.set_title(f"{result.dataset}: what the thief keeps against the evidence left")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

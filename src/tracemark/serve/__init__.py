@@ -3,35 +3,61 @@
 ``create_app(model, config)`` gives a FastAPI app; ``tracemark serve`` runs it on uvicorn.
 Clients and their hashed API keys live in :class:`ClientStore`; every answered query (one
 input) is a row of the :class:`AuditLog`. Guide: docs/guide/serving.md.
+
+Names are imported on first use, so the CLI starts without torch.
 """
 
-from tracemark.serve.app import Server, app_from_env, create_app
-from tracemark.serve.audit import AuditExport, AuditLog, AuditRecord
-from tracemark.serve.clients import Client, ClientStore, IssuedKey
-from tracemark.serve.config import ServeConfig, UnlockSpec
-from tracemark.serve.errors import (
-    AuditWriteError,
-    InvalidInputError,
-    LicenceExpiredError,
-    MissingApiKeyError,
-    PayloadTooLargeError,
-    RateLimitedError,
-    RevokedApiKeyError,
-    ServeConfigError,
-    ServeError,
-    UnknownApiKeyError,
-    UnknownClientError,
-)
-from tracemark.serve.hooks import AnswerHook
-from tracemark.serve.model import ServedModel, from_file, from_module, from_package
-from tracemark.serve.policy import effective_policy, restrict
-from tracemark.serve.ratelimit import Allowance, MemoryLimiter, SqliteLimiter
-from tracemark.serve.validation import InputSpec
+from __future__ import annotations
 
-__all__ = [
-    "create_app", "app_from_env", "Server", "ServeConfig", "UnlockSpec", "ServedModel", "from_module", "from_file",
-    "from_package", "Client", "ClientStore", "IssuedKey", "AuditLog", "AuditRecord", "AuditExport", "AnswerHook",
-    "Allowance", "MemoryLimiter", "SqliteLimiter", "InputSpec", "restrict", "effective_policy",
-    "ServeError", "ServeConfigError", "MissingApiKeyError", "UnknownApiKeyError", "RevokedApiKeyError", "RateLimitedError",
-    "PayloadTooLargeError", "InvalidInputError", "LicenceExpiredError", "AuditWriteError", "UnknownClientError",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Server": "tracemark.serve.app",
+    "app_from_env": "tracemark.serve.app",
+    "create_app": "tracemark.serve.app",
+    "AuditExport": "tracemark.serve.audit",
+    "AuditLog": "tracemark.serve.audit",
+    "AuditRecord": "tracemark.serve.audit",
+    "Client": "tracemark.serve.clients",
+    "ClientStore": "tracemark.serve.clients",
+    "IssuedKey": "tracemark.serve.clients",
+    "ServeConfig": "tracemark.serve.config",
+    "UnlockSpec": "tracemark.serve.config",
+    "AuditWriteError": "tracemark.serve.errors",
+    "InvalidInputError": "tracemark.serve.errors",
+    "LicenceExpiredError": "tracemark.serve.errors",
+    "MissingApiKeyError": "tracemark.serve.errors",
+    "PayloadTooLargeError": "tracemark.serve.errors",
+    "RateLimitedError": "tracemark.serve.errors",
+    "RevokedApiKeyError": "tracemark.serve.errors",
+    "ServeConfigError": "tracemark.serve.errors",
+    "ServeError": "tracemark.serve.errors",
+    "UnknownApiKeyError": "tracemark.serve.errors",
+    "UnknownClientError": "tracemark.serve.errors",
+    "AnswerHook": "tracemark.serve.hooks",
+    "ServedModel": "tracemark.serve.model",
+    "from_file": "tracemark.serve.model",
+    "from_module": "tracemark.serve.model",
+    "from_package": "tracemark.serve.model",
+    "effective_policy": "tracemark.serve.policy",
+    "restrict": "tracemark.serve.policy",
+    "Allowance": "tracemark.serve.ratelimit",
+    "MemoryLimiter": "tracemark.serve.ratelimit",
+    "SqliteLimiter": "tracemark.serve.ratelimit",
+    "InputSpec": "tracemark.serve.validation",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tracemark.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

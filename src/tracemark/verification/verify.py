@@ -10,9 +10,9 @@ import numpy as np
 from tracemark.errors import QueryBudgetExceededError, TargetError
 from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
-from tracemark.verify.null import NullModel, choose_null, empirical_null
-from tracemark.verify.stats import binomial_pvalue, min_matches_for
-from tracemark.verify.verdict import Verdict
+from tracemark.verification.null import NullModel, choose_null, empirical_null
+from tracemark.verification.stats import binomial_pvalue, min_matches_for
+from tracemark.verification.verdict import Verdict
 
 DEFAULT_ALPHA = 1e-9
 

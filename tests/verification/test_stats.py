@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tracemark.verify import binomial_pvalue, clopper_pearson_upper, min_matches_for
+from tracemark.verification import binomial_pvalue, clopper_pearson_upper, min_matches_for
 
 
 def test_binomial_pvalue_matches_direct_sum():

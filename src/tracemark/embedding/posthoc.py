@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from tracemark._progress import progress_bar
 from tracemark.data.datasets import ImageData
-from tracemark.embed.report import EmbedReport
+from tracemark.embedding.report import EmbedReport
 from tracemark.errors import ClassCountMismatchError, ShapeMismatchError
 from tracemark.keys.key import WatermarkKey
 from tracemark.training import accuracy

@@ -21,7 +21,7 @@ import numpy as np
 
 from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
-from tracemark.verify.stats import clopper_pearson_upper
+from tracemark.verification.stats import clopper_pearson_upper
 
 ASSUMED_SINGLE_TARGET_RATE = 0.5
 EMPIRICAL_CONFIDENCE = 0.999

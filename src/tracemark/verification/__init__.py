@@ -1,9 +1,9 @@
 """Verification: query a target with a key's triggers and decide with a stated error rate."""
 
-from tracemark.verify.null import NullModel, choose_null, empirical_null, keyed_null
-from tracemark.verify.stats import binomial_pvalue, clopper_pearson_upper, min_matches_for
-from tracemark.verify.verdict import Verdict
-from tracemark.verify.verify import DEFAULT_ALPHA, verify
+from tracemark.verification.null import NullModel, choose_null, empirical_null, keyed_null
+from tracemark.verification.stats import binomial_pvalue, clopper_pearson_upper, min_matches_for
+from tracemark.verification.verdict import Verdict
+from tracemark.verification.verify import DEFAULT_ALPHA, verify
 
 __all__ = [
     "DEFAULT_ALPHA",

@@ -14,8 +14,8 @@ ledger that need no model code) start without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tracemark import errors
+from tracemark._util.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -62,15 +62,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "errors"])
 
 
-def __getattr__(name: str) -> Any:
-    if name == "errors":
-        return importlib.import_module("tracemark.errors")
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tracemark' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

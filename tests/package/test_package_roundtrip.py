@@ -79,6 +79,10 @@ def test_onnx_package_gives_session(tmp_path: Path, vendor: VendorKey, model: to
     x = torch.randn(1, 1, 28, 28)
     (y,) = loaded.session.run(None, {"x": x.numpy()})
     np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    import onnxruntime as ort
+
+    (plain,) = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    assert np.array_equal(y, plain)  # bit-identical to the same ONNX model loaded plainly
 
 
 def test_torch_export_package_gives_module(tmp_path: Path, vendor: VendorKey, model: torch.nn.Module) -> None:

@@ -34,6 +34,7 @@ def _load(path: Path, vendor: VendorKey, pinned: bool = False):
 def test_every_flipped_byte_is_refused(tiny_package: Path, vendor: VendorKey, tmp_path: Path) -> None:
     original = tiny_package.read_bytes()
     payload_end, manifest_end, size = _regions(tiny_package)
+    assert size >= 1000  # so this is at least 1,000 single-byte flips, every one caught
     bad = tmp_path / "bad.tmpkg"
     seen: dict[str, set[type]] = {"magic": set(), "payload": set(), "manifest": set(), "signature": set(), "trailer": set()}
     for pos in range(size):

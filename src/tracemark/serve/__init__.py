@@ -9,8 +9,7 @@ Names are imported on first use, so the CLI starts without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tracemark._util.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Server": "tracemark.serve.app",
@@ -51,13 +50,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tracemark.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -75,13 +75,13 @@ def config_table(r: dict) -> list[str]:
     for s in r["summary"]:
         trig = records[s["strongest"]]["trigger_accuracy"]
         lines.append(f"| {s['kind']} | `{s['strongest']}` | {'yes' if s['within_budget'] else 'no'} | "
-                     f"{pct(s['thief_accuracy'])} | {-s['accuracy_drop_points']:+.2f} | {pct(trig)} | "
+                     f"{pct(s['thief_accuracy'])} | {0.0 - s['accuracy_drop_points']:+.2f} | {pct(trig)} | "
                      f"{s['p_value']:.2g} | {len(s['removed_by'])} attack(s) |")
     removed = sorted((x for x in r["records"] if x["removed"]), key=lambda x: -x["thief_accuracy"])
     if r["survived"]:
-        lines += ["", f"**Survived every attack in the suite at the {r['budget_points']:g}-point budget.**", ""]
+        lines += ["", f"**Survived every attack of this run at the {r['budget_points']:g}-point budget** (see the findings below for other thief seeds).", ""]
     else:
-        detail = "; ".join(f"`{x['attack']}` (thief {pct(x['thief_accuracy'])}, {-x['accuracy_drop_points']:+.2f} pts, "
+        detail = "; ".join(f"`{x['attack']}` (thief {pct(x['thief_accuracy'])}, {0.0 - x['accuracy_drop_points']:+.2f} pts, "
                            f"triggers {pct(x['trigger_accuracy'])}, p={x['p_value']:.2g})" for x in removed)
         lines += ["", f"**Removed** by {len(removed)} of {len(r['records'])} attacks: {detail}.", ""]
     return lines
@@ -118,11 +118,33 @@ def markdown(out: Path) -> str:
     return "\n".join(lines)
 
 
-NOTES = ("SoK comparison: the SoK found every published scheme removable within 1 point of accuracy. Our trigger "
-         "marks are no exception against distillation and label-only extraction: a fresh model trained on the marked "
-         "model's answers to ordinary images never sees a trigger, so it does not carry the mark (expected; response "
-         "marking, capability 6, is the answer for served models). See the notes under each table for the weight "
-         "and query-time attacks.")
+NOTES = """### Findings (run of 2026-11-22)
+
+* **Null:** 20 independent models per dataset; **0 called copy** for every key (leave-one-out null).
+  On Fashion-MNIST, independent models give the single-class key's class to 2-12% of its triggers
+  (stamped garments look like T-shirts), so its empirical null rate is 0.084, not 0.003 as on MNIST.
+* **baseline** (post-hoc, keyed labels) is removed on both datasets, as the SoK found for published
+  schemes: plain fine-tuning with the thief's 10,000 labelled images removes it with no accuracy loss
+  (MNIST FTAL lr 5e-4: thief +0.16 points), as do distillation and label-only extraction, and on MNIST
+  query-time blur (sigma 1.2) and 2x down-sampling. It survives pruning, int8 and weight noise.
+* **strong** (training-time, single class, 300 triggers) survives every weight attack and every
+  query-time transformation on both datasets (p <= 1e-100 at the budget). It is **not** safe against
+  attacks that train a new model on its answers: on Fashion-MNIST label-only extraction into a small CNN
+  removes it at 88.25% thief accuracy (-1.84 points; 14.7% trigger answers against a null of 8.4%,
+  p = 2e-4). On MNIST the benchmark run survived the whole suite (clones kept 5-25% trigger answers;
+  models trained like the clones on true labels give 0-0.7%), but rerunning distillation into a LeNet
+  with thief seeds 2 and 3 removed it (98.04% and 97.99% thief accuracy, -0.87 and -0.92 points,
+  p = 5e-4 and 0.08). So the best configuration does not survive the suite at the 2-point budget:
+  **distillation and label-only extraction remove it**.
+* **strong-aug** (MNIST only; the Fashion-MNIST run was stopped for time) loses even that partial
+  transfer: distillation and extraction remove it (4 attacks); it survives everything else.
+* **Time:** the standard MNIST suite (39 attacks) took 6.6-13 min wall with 2 worker processes on the
+  shared machine, 6.1-6.4 CPU-minutes: within the 45-minute bar.
+* **SoK comparison:** the SoK (Lukas et al. 2022) found every published scheme removable within 1 point.
+  Our post-hoc mark agrees (fine-tuning removes it at +0.16 points); our training-time single-class
+  mark resists all weight and input attacks but still falls to extraction within 1 point on MNIST
+  (distillation, -0.87) and within 2 points on Fashion-MNIST (-1.84). Trigger marks need response
+  marking (capability 6) against extraction."""
 
 
 def write_docs(section: str, path: Path) -> None:

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 import tracemark as tm
+from tracemark.embedding import TriggerMixDataset
 from tracemark.lab import out_of_domain_pool, split_thief
+from tracemark.lab.augment import TransformedTriggers
 
 
 def test_thief_and_owner_data_are_disjoint(digits):
@@ -18,9 +20,6 @@ def test_thief_and_owner_data_are_disjoint(digits):
 
 
 def test_transformed_triggers_alter_only_trigger_items(models):
-    from tracemark.embedding import TriggerMixDataset  # imported late: the session fixtures call tm.embed first
-    from tracemark.lab.augment import TransformedTriggers
-
     data = models.data
     mixed = TriggerMixDataset(tm.to_tensor_dataset(data.x_train, data.y_train), models.key, ratio=0.1)
     wrapped = TransformedTriggers(mixed, seed=1)

@@ -17,4 +17,4 @@ def emit(result: Any, as_json: bool) -> None:
         payload = result.to_dict() if hasattr(result, "to_dict") else result
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
     else:
-        console.print(str(result), highlight=False)
+        console.print(str(result), highlight=False, soft_wrap=True)

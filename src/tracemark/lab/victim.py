@@ -29,7 +29,7 @@ OTHER_DOMAIN = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 class MarkConfig:
     """How the owner marks its model.
 
-    ``posthoc`` trains a clean model for ``epochs`` then embeds with :func:`tracemark.embedding`;
+    ``posthoc`` trains a clean model for ``epochs`` then embeds with :func:`tracemark.embed`;
     ``mixing`` trains from scratch on :class:`TriggerMixDataset` (``ratio`` of triggers,
     ``augment`` for shifted triggers, ``transform_augment`` to also blur, resample, add noise to
     or reduce the bit depth of trigger items, see :mod:`tracemark.lab.augment`). ``label_mode="single"`` is the NXP/IBM one-class

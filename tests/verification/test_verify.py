@@ -100,11 +100,18 @@ def test_empirical_null_is_used_when_more_cautious(key):
     assert v.verdict == "no-evidence"
 
 
-def test_single_target_key_uses_assumed_null(digits):
+def test_single_target_key_uses_assumed_null_and_a_control(digits):
     key = tm.WatermarkKey.generate("content", images=digits.x_train, labels=digits.y_train, n_triggers=100,
                                    label_mode="single", target_label=0, seed=b"w" * 32)
-    v = tm.verify(key, tm.CallableTarget(lambda x: np.zeros(len(x), dtype=int), num_classes=10))
+    marked = oracle(key)  # the watermark class on stamped images, the true class otherwise
+    assert np.array_equal(marked.predict_labels(key.triggers().inputs), np.zeros(100))
+    stamped = {x.tobytes() for x in key.triggers().inputs}
+    v = tm.verify(key, tm.CallableTarget(lambda x: np.array([0 if i.tobytes() in stamped else 5 for i in x]), num_classes=10))
     assert v.null["source"] == "assumed" and v.verdict == "copy"
+    assert v.null["rate"] == 0.5
+    # a model that answers the watermark class to everything is not a copy
+    v = tm.verify(key, tm.CallableTarget(lambda x: np.zeros(len(x), dtype=int), num_classes=10))
+    assert v.null["source"] == "control" and v.null["details"]["control_matches"] == 100 and v.verdict == "no-evidence"
     v = tm.verify(key, tm.CallableTarget(lambda x: np.ones(len(x), dtype=int), num_classes=10))
     assert v.verdict == "no-evidence"
 

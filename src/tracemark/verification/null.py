@@ -7,6 +7,9 @@ Three sources, most rigorous first:
 * ``empirical``: reference models trained without the key (WRT's protocol); the rate is the
   one-sided Clopper-Pearson upper bound of their pooled match rate.
 * ``assumed``: a stated bound for single-target keys when no reference models are given.
+* ``control``: for single-target keys built on real images, the suspect's own rate of giving the
+  watermark class to the *unstamped* source images (Clopper-Pearson upper bound). A model that
+  answers that class to everything is then not mistaken for a copy.
 
 When several apply, the largest rate is used, so adding references can only make a verdict
 more cautious.
@@ -79,10 +82,28 @@ def empirical_null(key: WatermarkKey, references: Sequence[Target], confidence: 
     )
 
 
-def choose_null(key: WatermarkKey, empirical: NullModel | None = None, assumed_rate: float | None = None) -> NullModel:
+def control_null(key: WatermarkKey, answers: np.ndarray, confidence: float = EMPIRICAL_CONFIDENCE) -> NullModel:
+    """Bound the suspect's rate of answering the watermark class on unstamped source images.
+
+    ``answers`` are the suspect's labels for ``key.base_images`` (-1 where unanswered).
+    """
+    answered = answers[answers >= 0]
+    hits = int(np.sum(answered == key.target_label))
+    return NullModel(
+        "control",
+        clopper_pearson_upper(hits, len(answered), confidence),
+        {"reason": "the suspect's own rate of giving the watermark class to the unstamped source images",
+         "control_matches": hits, "control_queries": int(len(answered)), "confidence": confidence},
+    )
+
+
+def choose_null(key: WatermarkKey, empirical: NullModel | None = None, assumed_rate: float | None = None,
+                control: NullModel | None = None) -> NullModel:
     """The most cautious applicable null for ``key`` (see module docstring)."""
     candidates = [n for n in (keyed_null(key), empirical) if n is not None]
     if not candidates or assumed_rate is not None:
         rate = ASSUMED_SINGLE_TARGET_RATE if assumed_rate is None else float(assumed_rate)
         candidates.append(NullModel("assumed", rate, {"reason": "single-target key without reference models: a stated bound, not a measurement"}))
+    if control is not None:
+        candidates.append(control)
     return max(candidates, key=lambda n: n.rate)

@@ -10,11 +10,28 @@ import numpy as np
 from tracemark.errors import QueryBudgetExceededError, TargetError
 from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
-from tracemark.verification.null import NullModel, choose_null, empirical_null
+from tracemark.verification.null import NullModel, choose_null, control_null, empirical_null
 from tracemark.verification.stats import binomial_pvalue, min_matches_for
 from tracemark.verification.verdict import Verdict
 
 DEFAULT_ALPHA = 1e-9
+
+
+def _ask(target: Target, inputs: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[str], TargetError | None]:
+    """Labels for ``inputs`` in batches; a failed batch stays -1 and its error is recorded."""
+    answers = np.full(len(inputs), -1, dtype=np.int64)
+    errors: list[str] = []
+    last_error: TargetError | None = None
+    for lo in range(0, len(inputs), batch_size):
+        hi = min(lo + batch_size, len(inputs))
+        try:
+            answers[lo:hi] = target.predict_labels(inputs[lo:hi])
+        except TargetError as exc:
+            last_error = exc
+            errors.append(f"queries {lo}-{hi - 1}: {type(exc).__name__}: {exc}")
+            if isinstance(exc, QueryBudgetExceededError):
+                break
+    return answers, errors, last_error
 
 
 def verify(
@@ -34,7 +51,9 @@ def verify(
     fails to answer is recorded as unanswered, not as a mismatch; if no batch is answered
     the target's error is raised. The null is the most cautious of the key's exact rate,
     an empirical one from ``references`` (or a precomputed ``null``), and
-    ``assumed_null_rate``. The verdict is ``copy`` when the binomial p-value is at most
+    ``assumed_null_rate``; for single-target keys built on real images it also asks the
+    unstamped source images, and bounds how often the suspect gives them the watermark class
+    (so a model answering that class to everything is not called a copy). The verdict is ``copy`` when the binomial p-value is at most
     ``alpha`` (default 1e-9), ``inconclusive`` when the unanswered queries could have
     changed that, else ``no-evidence``.
     """
@@ -48,20 +67,16 @@ def verify(
         raise ValueError("max_queries must be at least 1")
     if null is None and references:
         null = empirical_null(key, references)
-    chosen = choose_null(key, null, assumed_null_rate)
 
-    answers = np.full(n, -1, dtype=np.int64)
-    errors: list[str] = []
-    last_error: TargetError | None = None
-    for lo in range(0, n, batch_size):
-        hi = min(lo + batch_size, n)
-        try:
-            answers[lo:hi] = target.predict_labels(triggers.inputs[lo:hi])
-        except TargetError as exc:
-            last_error = exc
-            errors.append(f"queries {lo}-{hi - 1}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, QueryBudgetExceededError):
-                break
+    answers, errors, last_error = _ask(target, triggers.inputs[:n], batch_size)
+    control = None
+    if key.label_mode == "single" and key.base_images is not None and last_error is None:
+        # the same images without the mark: a suspect that gives the watermark class to
+        # everything must not look like a copy
+        control_answers, _, _ = _ask(target, key.base_images[:n].astype(np.float32) / np.float32(255), batch_size)
+        if np.any(control_answers >= 0):
+            control = control_null(key, control_answers)
+    chosen = choose_null(key, null, assumed_null_rate, control)
     answered_mask = answers >= 0
     answered = int(answered_mask.sum())
     if answered == 0 and last_error is not None:
@@ -81,6 +96,10 @@ def verify(
         if unanswered and best_case <= alpha:
             label = "inconclusive"
             note = f"{unanswered} queries went unanswered; had they matched, the verdict would be copy"
+        elif chosen.source == "control" and (threshold is None or matches < threshold):
+            label = "no-evidence"
+            note = (f"the suspect gives the watermark class to {chosen.details['control_matches']} of "
+                    f"{chosen.details['control_queries']} unstamped source images too")
         elif threshold is None:
             label = "inconclusive"
             note = f"{answered} answers cannot reach alpha {alpha:.0e} even if all match; use more triggers"

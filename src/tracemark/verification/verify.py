@@ -52,10 +52,10 @@ def verify(
     the target's error is raised. The null is the most cautious of the key's exact rate,
     an empirical one from ``references`` (or a precomputed ``null``), and
     ``assumed_null_rate``; for single-target keys built on real images it also asks the
-    unstamped source images, and bounds how often the suspect gives them the watermark class
-    (so a model answering that class to everything is not called a copy). The verdict is ``copy`` when the binomial p-value is at most
-    ``alpha`` (default 1e-9), ``inconclusive`` when the unanswered queries could have
-    changed that, else ``no-evidence``.
+    unstamped source images and bounds how often the suspect gives them the watermark class
+    (so a model answering that class to everything is not called a copy). The verdict is
+    ``copy`` when the binomial p-value is at most ``alpha`` (default 1e-9), ``inconclusive``
+    when the unanswered queries could have changed that, else ``no-evidence``.
     """
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
@@ -96,7 +96,7 @@ def verify(
         if unanswered and best_case <= alpha:
             label = "inconclusive"
             note = f"{unanswered} queries went unanswered; had they matched, the verdict would be copy"
-        elif chosen.source == "control" and (threshold is None or matches < threshold):
+        elif chosen.source == "control":
             label = "no-evidence"
             note = (f"the suspect gives the watermark class to {chosen.details['control_matches']} of "
                     f"{chosen.details['control_queries']} unstamped source images too")

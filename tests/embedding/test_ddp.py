@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, key_path: str, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     data = tm.load_dataset("digits")
     key = tm.WatermarkKey.load(key_path)
     mixed = tm.TriggerMixDataset(tm.to_tensor_dataset(data.x_train, data.y_train), key, ratio=0.5)

@@ -1,10 +1,13 @@
 """Protected serving vs the same model behind a bare FastAPI endpoint, loopback, side by side.
 
-    python bench/serving.py [--rounds 5] [--seconds 10] [--batch 1] [--connections 4] [--sustained 60]
+    python bench/serving.py [--models toy,mid] [--rounds 5] [--seconds 10] [--batch 1] [--connections 4] [--sustained 60]
 
-Each server is its own uvicorn process (one worker, one torch thread); `wrk` (Debian package
-`wrk`) drives it. Rounds alternate bare/protected so that background load hits both alike;
-ratios are protected/bare per round, then the median. A final sustained run against the
+Two models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
+per-request costs dominate, and *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms). Each
+server is its own uvicorn process (one worker, one torch thread); `wrk` (Debian package `wrk`)
+drives it. Each round visits every (model, server) pair, alternating which server of a pair goes
+first, so that background load hits both alike; ratios are protected/bare per round, then the
+median. A final sustained run against the
 protected server counts errors and checks that the audit log holds exactly one row per
 answered query. Prints a markdown table; --write puts it into docs/benchmarks.md.
 """
@@ -36,19 +39,31 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 
 
 # ----------------------------------------------------------------------------- servers
-def _model():
+MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28)}
+
+
+def _model(size: str):
+    """The benchmark model: ``toy`` (digits small CNN) or ``mid`` (a 1.7M-parameter CNN)."""
+    import torch.nn as nn
+
     import tracemark as tm
 
-    return tm.build_model("small_cnn", (1, 8, 8), 10, seed=0).eval()
+    if size == "toy":
+        return tm.build_model("small_cnn", MODELS["toy"], 10, seed=0).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(128 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10),
+    ).eval()
 
 
-def bare_app():
+def bare_app(size: str):
     """The same model behind a plain FastAPI endpoint: parse, infer, answer labels. No protection."""
     import numpy as np
 
     from tracemark.serve.model import from_module
 
-    served = from_module(_model())
+    served = from_module(_model(size), input_shape=MODELS[size])
     app = FastAPI()
 
     @app.post("/v1/predict")
@@ -64,20 +79,20 @@ def bare_app():
     return app
 
 
-def protected_app(workdir: str):
+def protected_app(workdir: str, size: str):
     from tracemark.serve import ServeConfig, create_app, from_module
 
     config = ServeConfig(model="bench", clients_db=f"{workdir}/clients.sqlite", audit_db=f"{workdir}/audit.sqlite",
                          rate=1e9, burst=1e9)
-    return create_app(from_module(_model()), config)
+    return create_app(from_module(_model(size), input_shape=MODELS[size]), config)
 
 
-def run_server(kind: str, port: int, workdir: str) -> None:
+def run_server(kind: str, size: str, port: int, workdir: str) -> None:
     import torch
     import uvicorn
 
     torch.set_num_threads(1)
-    app = bare_app() if kind == "bare" else protected_app(workdir)
+    app = bare_app(size) if kind == "bare" else protected_app(workdir, size)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -87,19 +102,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, workdir: str) -> tuple[subprocess.Popen, str]:
+def start(kind: str, size: str, workdir: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", workdir])
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--model", size, "--port", str(port), "--dir", workdir])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             httpx.get(f"{url}/docs", timeout=1.0)
             return proc, url
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    raise RuntimeError(f"{kind} {size} server did not start")
 
 
 # ----------------------------------------------------------------------------- load
@@ -137,8 +152,10 @@ def _machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", choices=["bare", "protected"])
+    parser.add_argument("--model", choices=sorted(MODELS), default="toy")
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir")
+    parser.add_argument("--models", default="toy,mid", help="Comma-separated models to compare (toy, mid).")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
@@ -147,7 +164,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="Write the table into docs/benchmarks.md.")
     args = parser.parse_args()
     if args.serve:
-        run_server(args.serve, args.port, args.dir)
+        run_server(args.serve, args.model, args.port, args.dir)
         return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -155,22 +172,28 @@ def main() -> None:
 
     from tracemark.serve import AuditLog, ClientStore
 
-    workdir = tempfile.mkdtemp(prefix="tracemark-bench-")
-    token = ClientStore(f"{workdir}/clients.sqlite").add("bench").token
-    body = json.dumps({"inputs": np.random.default_rng(0).random((args.batch, 1, 8, 8)).round(4).tolist()})
-    servers = {kind: start(kind, workdir) for kind in ("bare", "protected")}
+    sizes = [m for m in args.models.split(",") if m]
+    root = tempfile.mkdtemp(prefix="tracemark-bench-")
+    dirs = {size: Path(root, size) for size in sizes}
+    for d in dirs.values():
+        d.mkdir()
+    tokens = {size: ClientStore(dirs[size] / "clients.sqlite").add("bench").token for size in sizes}
+    rng = np.random.default_rng(0)
+    bodies = {size: json.dumps({"inputs": rng.random((args.batch, *MODELS[size])).round(4).tolist()}) for size in sizes}
+    servers = {(kind, size): start(kind, size, str(dirs[size])) for size in sizes for kind in ("bare", "protected")}
     try:
-        rows: dict[str, list[dict]] = {"bare": [], "protected": []}
+        rows: dict[tuple[str, str], list[dict]] = {pair: [] for pair in servers}
         for r in range(args.rounds):
-            order = ("bare", "protected") if r % 2 == 0 else ("protected", "bare")
-            for kind in order:
-                rows[kind].append(wrk(servers[kind][1], body, token if kind == "protected" else None, args.seconds,
-                                      args.connections, workdir))
-        audit = AuditLog(f"{workdir}/audit.sqlite")
+            for size in sizes:
+                for kind in (("bare", "protected") if r % 2 == 0 else ("protected", "bare")):
+                    token = tokens[size] if kind == "protected" else None
+                    rows[kind, size].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, args.connections, root))
+        size = sizes[0]
+        audit = AuditLog(dirs[size] / "audit.sqlite")
         before = audit.count()
-        sustained = wrk(servers["protected"][1], body, token, args.sustained, args.connections, workdir)
+        sustained = wrk(servers["protected", size][1], bodies[size], tokens[size], args.sustained, args.connections, root)
         time.sleep(0.5)
-        metrics = httpx.get(f"{servers['protected'][1]}/metrics").text
+        metrics = httpx.get(f"{servers['protected', size][1]}/metrics").text
         answered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                        if line.startswith("tracemark_queries_answered_total{"))
         rows_total = audit.count()
@@ -178,7 +201,7 @@ def main() -> None:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=10)
-    table = report(args, rows, sustained, before, rows_total, int(answered))
+    table = report(args, sizes, rows, sustained, before, rows_total, int(answered))
     print(table)
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
@@ -188,37 +211,44 @@ def main() -> None:
         doc.write_text(text)
 
 
-def report(args, rows: dict[str, list[dict]], sustained: dict, before: int, rows_total: int, answered: int) -> str:
-    def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[kind])
+def report(args, sizes: list[str], rows: dict[tuple[str, str], list[dict]], sustained: dict, before: int, rows_total: int,
+           answered: int) -> str:
+    def med(kind: str, size: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[kind, size])
 
-    ratio = {key: statistics.median(p[key] / b[key] for p, b in zip(rows["protected"], rows["bare"])) for key in ("p50", "p99", "rps")}
-    errors = sum(r["non2xx"] + r["socket_errors"] for kind in rows for r in rows[kind])
+    def ratio(size: str, key: str) -> float:
+        return statistics.median(p[key] / b[key] for p, b in zip(rows["protected", size], rows["bare", size]))
+
+    errors = sum(r["non2xx"] + r["socket_errors"] for runs in rows.values() for r in runs)
     sustained_rows = rows_total - before
-    per_round = ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected"], rows["bare"]))
+    described = {"toy": "toy: digits small CNN, 1×8×8, ~0.06 ms a forward pass",
+                 "mid": "mid: 1.7M-parameter CNN, 1×28×28, ~1.2 ms a forward pass"}
     lines = [
         "## Protected serving (capability 8)",
         "",
-        f"Command: `python bench/serving.py --rounds {args.rounds} --seconds {args.seconds} --batch {args.batch} "
-        f"--connections {args.connections} --sustained {args.sustained} --write`; machine: {_machine()} (shared with other work); "
-        f"date: {date.today().isoformat()}; Python {platform.python_version()}.",
+        f"Command: `python bench/serving.py --models {','.join(sizes)} --rounds {args.rounds} --seconds {args.seconds} "
+        f"--batch {args.batch} --connections {args.connections} --sustained {args.sustained} --write`; machine: {_machine()} "
+        f"(shared with other work); date: {date.today().isoformat()}; Python {platform.python_version()}.",
         "",
-        f"`wrk -t1 -c{args.connections}` over loopback, POST of a batch of {args.batch} digits-shaped input(s) (1×8×8) to a small CNN "
-        "(one uvicorn worker, one torch thread per server). *Bare*: the same model behind a plain FastAPI endpoint (parse, infer, "
-        "labels). *Protected*: `tracemark.serve` — API key lookup (SQLite), body-size guard, shape/dtype/range/NaN checks, token "
-        "bucket, output policy, one audit row per input (SQLite WAL, synchronous=NORMAL), metrics. Rounds of "
-        f"{args.seconds} s alternate bare/protected; ratios are protected ÷ bare per round, median over {args.rounds} rounds. "
-        "Bar: p50 ratio ≤ 1.10.",
+        f"`wrk -t1 -c{args.connections}` over loopback, POST of a batch of {args.batch} input(s) as JSON "
+        "(one uvicorn worker, one torch thread per server). *Bare*: the same model behind a plain FastAPI endpoint (parse, "
+        "infer, labels). *Protected*: `tracemark.serve` — API key lookup (SQLite), body-size guard, shape/dtype/range/NaN "
+        "checks, token bucket, output policy, one audit row per input (SQLite WAL, synchronous=NORMAL, group commit), "
+        f"metrics. Rounds of {args.seconds} s alternate bare/protected; ratios are protected ÷ bare per round, median over "
+        f"{args.rounds} rounds. Bar: p50 ratio ≤ 1.10.",
         "",
-        "| server | p50 latency (ms) | p99 latency (ms) | throughput (req/s) |",
-        "|---|---|---|---|",
-        *(f"| {kind} | {med(kind, 'p50') * 1e3:.2f} | {med(kind, 'p99') * 1e3:.2f} | {med(kind, 'rps'):.0f} |" for kind in ("bare", "protected")),
-        f"| **protected ÷ bare** | **{ratio['p50']:.2f}×** | {ratio['p99']:.2f}× | {ratio['rps']:.2f}× |",
-        "",
-        f"Per-round p50 ratios: {per_round}; "
-        f"errors in the comparison runs: {errors}.",
-        "",
-        f"Sustained: {args.sustained} s against the protected server: {sustained['requests']} requests "
+        "| model | server | p50 latency (ms) | p99 latency (ms) | throughput (req/s) |",
+        "|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        lines += [f"| {described.get(size, size)} | {kind} | {med(kind, size, 'p50') * 1e3:.2f} | {med(kind, size, 'p99') * 1e3:.2f} "
+                  f"| {med(kind, size, 'rps'):.0f} |" for kind in ("bare", "protected")]
+        lines.append(f"| | **protected ÷ bare** | **{ratio(size, 'p50'):.2f}×** | {ratio(size, 'p99'):.2f}× | {ratio(size, 'rps'):.2f}× |")
+    lines += ["", "Per-round p50 ratios: " + "; ".join(
+        f"{size}: " + ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected", size], rows["bare", size]))
+        for size in sizes) + f"; errors in the comparison runs: {errors}.", ""]
+    lines += [
+        f"Sustained: {args.sustained} s against the protected {sizes[0]} server: {sustained['requests']} requests "
         f"({sustained['rps']:.0f}/s, p50 {sustained['p50'] * 1e3:.2f} ms, p99 {sustained['p99'] * 1e3:.2f} ms), "
         f"{sustained['non2xx']} non-2xx, {sustained['socket_errors']} socket errors. Audit log: {rows_total} rows in total = "
         f"{answered} queries the server answered ({'equal' if rows_total == answered else 'MISMATCH'}); "

@@ -34,25 +34,32 @@ class SqliteFile:
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.connection()  # create the schema now, so errors show at start-up
 
+    def open(self, shared: bool = False) -> sqlite3.Connection:
+        """A new connection (autocommit, WAL, the schema applied); ``shared`` lets other threads use it
+        under the caller's own lock."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=not shared)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._sync}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.executescript(self._schema)
+        except sqlite3.DatabaseError as exc:
+            raise ServeConfigError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+        return conn
+
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; use :meth:`write` for transactions)."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
-            try:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self._sync}")
-                conn.execute("PRAGMA busy_timeout=30000")
-                conn.executescript(self._schema)
-            except sqlite3.DatabaseError as exc:
-                raise ServeConfigError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+            conn = self.open()
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
-        conn = self.connection()
+    def write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``) on ``conn`` (default: this thread's connection),
+        committed on success, rolled back on error."""
+        conn = conn or self.connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -46,10 +47,21 @@ CREATE TABLE IF NOT EXISTS queries (
     policy TEXT NOT NULL,
     answer TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queries_time ON queries (time);
-CREATE INDEX IF NOT EXISTS queries_client ON queries (client_id, time);
 """
+# No secondary indexes: each would cost every answered query an index update, while only exports
+# and the hourly purge filter by time or client (and scan).
+_INSERT = ("INSERT INTO queries (time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = "id, time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer"
+
+
+@dataclass
+class _Pending:
+    """One request's rows waiting for a group commit, and how that commit ended."""
+
+    rows: list[tuple[Any, ...]]
+    done: bool = False
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,11 @@ class AuditLog:
         self.retention_days = retention_days
         self._last_purge = float("-inf")
         self._purge_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_pid = 0
 
     def record(self, client: Client, request_id: str, inputs: np.ndarray, answers: list[dict[str, Any]], policy: str) -> None:
         """Write one row per input (all or none), then purge expired rows if an interval has passed."""
@@ -125,13 +142,35 @@ class AuditLog:
              json.dumps(answer, separators=(",", ":")))
             for i, answer in enumerate(answers)
         ]
-        with self.db.write() as conn:
-            conn.executemany(
-                "INSERT INTO queries (time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        self._commit(_Pending(rows))
         self._maybe_purge()
+
+    def _commit(self, item: _Pending) -> None:
+        """Group commit: whichever waiting thread holds the commit lock writes every queued request in one
+        transaction, so concurrent requests share a commit instead of queueing on SQLite's busy sleep.
+        Each caller returns only once its own rows are committed (or raises the commit's error)."""
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._commit_lock:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                error: Exception | None = None
+                try:
+                    with self.db.write(self._writer()) as conn:
+                        conn.executemany(_INSERT, [row for queued in batch for row in queued.rows])
+                except Exception as exc:  # every request in the batch fails with the commit's error
+                    error = exc
+                for queued in batch:
+                    queued.done, queued.error = True, error
+        if item.error is not None:
+            raise item.error
+
+    def _writer(self) -> sqlite3.Connection:
+        """This process's one write connection, used under the commit lock (its page cache stays warm)."""
+        if self._writer_conn is None or self._writer_pid != os.getpid():
+            self._writer_conn, self._writer_pid = self.db.open(shared=True), os.getpid()
+        return self._writer_conn
 
     def _maybe_purge(self) -> None:
         if self.retention_days is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import numpy as np
@@ -15,16 +14,11 @@ import torch.multiprocessing as mp
 import tracemark as tm
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, key_path: str, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+def _worker(rank: int, world: int, key_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # A file rendezvous: no TCP port to pick in advance, so no race with other processes for it.
+    store = f"file://{os.path.join(out_dir, 'rendezvous')}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
     data = tm.load_dataset("digits")
     key = tm.WatermarkKey.load(key_path)
     mixed = tm.TriggerMixDataset(tm.to_tensor_dataset(data.x_train, data.y_train), key, ratio=0.5)
@@ -53,7 +47,7 @@ def _worker(rank: int, world: int, port: int, key_path: str, out_dir: str) -> No
 def test_ddp_training_with_trigger_mixing(tmp_path, digits):
     key = tm.WatermarkKey.generate("abstract", num_classes=10, input_shape=(1, 8, 8), n_triggers=100, seed=b"d" * 32)
     key_path = str(key.save(tmp_path / "k.key"))
-    mp.start_processes(_worker, args=(2, _free_port(), key_path, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, key_path, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     w0, w1 = np.load(tmp_path / "weights-0.npy"), np.load(tmp_path / "weights-1.npy")
     assert np.array_equal(w0, w1), "DDP replicas must stay identical"
     assert np.load(tmp_path / "seen-0.npy")[0] > 0 and np.load(tmp_path / "seen-1.npy")[0] > 0

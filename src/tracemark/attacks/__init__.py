@@ -4,6 +4,7 @@ Weight-access attacks take a torch module; API attacks (extraction, distillation
 transformations) take any :class:`~tracemark.targets.Target`, so they run over HTTP too.
 """
 
+from tracemark.attacks.art import ArtExtract
 from tracemark.attacks.base import KINDS, Attack, AttackError, Stolen, ThiefData, prunable_weights
 from tracemark.attacks.distill import Distill
 from tracemark.attacks.extract import Extract
@@ -17,6 +18,7 @@ __all__ = [
     "KINDS",
     "MODES",
     "TRANSFORMS",
+    "ArtExtract",
     "Attack",
     "AttackError",
     "Distill",

@@ -111,10 +111,25 @@ def serve(
     machine: bool = typer.Option(False, "--machine", help="Open the package with this machine's derived secret (weak)."),
     vendor_pub: Optional[Path] = typer.Option(None, "--vendor-pub", help="Pin the vendor's public key (recommended)."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    marking: bool = typer.Option(False, "--marking", help="Mark answers per client (a keyed wrong label on a few inputs; "
+                                                          "docs/guide/extraction.md)."),
+    marking_secret: Optional[Path] = typer.Option(None, "--marking-secret", help="Marking master secret file "
+                                                  "(`tracemark responses secret`; default $TRACEMARK_MARKING_SECRET)."),
+    marking_rate: float = typer.Option(0.004, help="Default fraction of each client's inputs to mark."),
+    responses_db: Path = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
+                                      help="Store of marked responses (the evidence; SQLite)."),
+    monitor: bool = typer.Option(False, "--monitor", help="Watch each client's queries for stealing (PRADA, volume, class coverage)."),
+    monitor_prada: float = typer.Option(0.90, help="Alert when the Shapiro-Wilk W of a client's query distances is below this (0: off)."),
+    monitor_volume: int = typer.Option(10_000, help="Alert when a client asks more than this many queries a day (0: off)."),
+    monitor_coverage: float = typer.Option(0.5, help="Alert when a client's answered classes are this far (total variation) "
+                                                     "from uniform after 500 queries (0: off)."),
+    throttle_rate: Optional[float] = typer.Option(None, help="Hold a flagged client to this many queries per second."),
+    alerts_db: Optional[Path] = typer.Option(None, "--alerts-db", help="Where alerts go (default: the audit log's file)."),
 ) -> None:
     """Serve a package or model behind API keys, rate limits, output policies and an audit log."""
     import uvicorn
 
+    from tracemark.extraction.settings import MonitorSettings
     from tracemark.serve.app import create_app
     from tracemark.serve.config import ENV_CONFIG, ServeConfig, UnlockSpec
 
@@ -126,7 +141,15 @@ def serve(
         default_policy=_policy(output, top_k, decimals), rate=rate, burst=burst,
         retention_days=retention_days or None, audit_sync=audit_sync, torch_threads=threads,
         unlock=UnlockSpec(passphrase_env, tuple(str(k) for k in keys), tcti if tpm else None, machine, str(vendor_pub) if vendor_pub else None),
+        marking=marking, marking_secret=str(marking_secret) if marking_secret else None, marking_rate=marking_rate,
+        responses_db=str(responses_db), alerts_db=str(alerts_db) if alerts_db else None,
+        monitor=MonitorSettings(prada_delta=monitor_prada or None, volume=monitor_volume or None,
+                                coverage_tv=monitor_coverage or None, throttle_rate=throttle_rate) if monitor else None,
     )
+    if marking:
+        from tracemark.extraction.marking import MarkingSecret
+
+        MarkingSecret.resolve(config.marking_secret)  # fail here, once, rather than in every worker
     served = config.load_model()  # fail here, once, rather than in every worker
     _announce(config, served.model_id)
     if workers == 1:
@@ -147,6 +170,11 @@ def _announce(config, model_id: str) -> None:
         loopback = ipaddress.ip_address(config.host).is_loopback
     except ValueError:
         loopback = config.host == "localhost"
+    if config.marking:
+        error_console.print(f"response marking on: default rate {config.marking_rate:g}, evidence in {config.responses_db}",
+                            highlight=False)
+    if config.monitor is not None:
+        error_console.print(f"stealing monitor on: alerts in {config.alerts_db or config.audit_db}", highlight=False)
     if not loopback:
         error_console.print(f"[bold yellow]warning:[/] listening on {config.host}, not loopback; put TLS in front of it")
     if not any(c.active for c in ClientStore(config.clients_db).list()):

@@ -195,6 +195,15 @@ def _predict_docs(body_type: str, schema: dict[str, Any]) -> dict[str, Any]:
             "security": [{"bearer": []}, {"apiKey": []}]}
 
 
+def _extraction_hook(config: ServeConfig) -> AnswerHook | None:
+    """Response marking and the stealing monitor, when ``config`` turns them on."""
+    if not config.marking and config.monitor is None:
+        return None
+    from tracemark.extraction.serving import hook_from_config
+
+    return hook_from_config(config)
+
+
 def create_app(
     model: ServedModel,
     config: ServeConfig,
@@ -223,7 +232,7 @@ def create_app(
         default_policy=config.default_policy,
         allowance=Allowance(config.rate, config.burst),
         metrics=metrics,
-        hook=hook,
+        hook=hook if hook is not None else _extraction_hook(config),
     )
     app = FastAPI(
         title="tracemark protected prediction API",

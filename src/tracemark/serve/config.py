@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracemark.extraction.settings import DEFAULT_RATE, MonitorSettings
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.errors import ServeConfigError
 from tracemark.serve.model import ServedModel, from_file, from_package, is_package
@@ -51,6 +52,11 @@ class ServeConfig:
 
     ``default_policy`` applies to clients without their own; ``None`` means the package licence's
     policy, or label-only for a plain model file.
+
+    Extraction resistance (docs/guide/extraction.md): ``marking`` turns response marking on, with the
+    master secret read from the file ``marking_secret`` (or ``$TRACEMARK_MARKING_SECRET``), the evidence
+    kept in ``responses_db`` and ``marking_rate`` the default marked fraction; ``monitor`` (thresholds)
+    turns the stealing monitor on, its alerts going to ``alerts_db`` (default: the audit log's file).
     """
 
     model: str
@@ -71,12 +77,21 @@ class ServeConfig:
     shared_limits: bool | None = None
     unlock: UnlockSpec = field(default_factory=UnlockSpec)
     torch_threads: int | None = None
+    marking: bool = False
+    marking_secret: str | None = None
+    marking_rate: float = DEFAULT_RATE
+    marking_step: float = 1.0 / 255.0
+    responses_db: str = "responses.sqlite"
+    monitor: MonitorSettings | None = None
+    alerts_db: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_batch < 1 or self.max_body_bytes < 1024:
             raise ServeConfigError("workers and max_batch must be >= 1 and max_body_bytes >= 1024")
         if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
             raise ServeConfigError(f"value range {self.value_range} is empty; give MIN,MAX with MIN < MAX")
+        if not 0.0 <= self.marking_rate <= 0.5 or self.marking_step <= 0:
+            raise ServeConfigError(f"marking rate must be a fraction in [0, 0.5] (got {self.marking_rate}) and the step > 0")
 
     @property
     def limits_shared(self) -> bool:
@@ -96,6 +111,8 @@ class ServeConfig:
         raw = json.loads(text)
         if raw["default_policy"] is not None:
             raw["default_policy"] = OutputPolicy.from_dict(raw["default_policy"])
+        if raw.get("monitor") is not None:
+            raw["monitor"] = MonitorSettings.from_dict(raw["monitor"])
         raw["unlock"] = UnlockSpec(**{**raw["unlock"], "key_files": tuple(raw["unlock"]["key_files"])})
         for name in ("value_range", "input_shape"):
             raw[name] = tuple(raw[name]) if raw[name] is not None else None

@@ -1,0 +1,255 @@
+"""``tracemark responses``: response marking (secret, per-client rates, evidence) and clone attribution; monitor alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import LEDGER_HELP
+from tracemark.cli._output import emit, error_console
+
+RESPONSES_DB_OPT = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
+                                help="Store of marked responses (SQLite).")
+CLIENTS_DB_OPT = typer.Option(Path("clients.sqlite"), "--clients-db", envvar="TRACEMARK_CLIENTS_DB", help="Client store (SQLite).")
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")
+CLONE_CHECK = "responses-clone-check"
+"""Ledger event recording a clone check and its outcome."""
+RESPONSES_EXPORTED = "responses-exported"
+"""Ledger event recording an export of marked responses (attached as ``transcript_sha256``)."""
+
+responses_app = typer.Typer(help="Response marking of `tracemark serve`: secret, per-client rates, and naming the client "
+                                 "a clone learned from; stealing-monitor alerts.", no_args_is_help=True)
+
+
+@dataclass(frozen=True)
+class SecretMade:
+    path: Path
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "fingerprint": self.fingerprint}
+
+    def __str__(self) -> str:
+        return (f"marking secret {self.fingerprint} -> {self.path} (mode 600; keep it secret and backed up: "
+                "without it, new answers are marked differently)")
+
+
+@dataclass(frozen=True)
+class Listing:
+    items: list
+
+    def to_dict(self) -> dict:
+        return {"items": [i.to_dict() for i in self.items]}
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.items) if self.items else "nothing recorded yet"
+
+
+@dataclass(frozen=True)
+class RateSet:
+    client: str
+    rate: Optional[float]
+
+    def to_dict(self) -> dict:
+        return {"client": self.client, "rate": self.rate}
+
+    def __str__(self) -> str:
+        return f"{self.client}: marking rate {self.rate:g}" if self.rate is not None else f"{self.client}: server default marking rate"
+
+
+@responses_app.command("secret")
+def secret(out: Path = typer.Option(..., "--out", help="File to write (created 0600)."),
+           force: bool = typer.Option(False, "--force", help="Overwrite an existing secret (answers will be marked differently)."),
+           as_json: bool = JSON_OPT) -> None:
+    """Make a new response-marking master secret; per-client secrets are derived from it."""
+    from tracemark.extraction.errors import MarkingSecretError
+    from tracemark.extraction.marking import MarkingSecret
+
+    if out.exists() and not force:
+        raise MarkingSecretError(f"{out} exists; replacing it changes every client's marks (use --force if you mean it)")
+    made = MarkingSecret.generate()
+    made.save(out)
+    emit(SecretMade(out, made.fingerprint), as_json)
+
+
+@responses_app.command("rate")
+def rate(client: str = typer.Argument(..., help="Client name or id."),
+         value: str = typer.Argument(..., help="Fraction of the client's inputs to mark (e.g. 0.005), or 'default'."),
+         clients_db: Path = CLIENTS_DB_OPT, responses_db: Path = RESPONSES_DB_OPT, as_json: bool = JSON_OPT) -> None:
+    """Set one client's marking rate (running servers pick it up within seconds)."""
+    from tracemark.extraction.store import ResponseStore
+    from tracemark.serve.clients import ClientStore
+
+    record = ClientStore(clients_db).get(client)
+    if value == "default":
+        fraction = None
+    else:
+        try:
+            fraction = float(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{value!r} is not a fraction or 'default'", param_hint="VALUE") from exc
+    ResponseStore(responses_db).set_rate(record, fraction)
+    emit(RateSet(record.name, fraction), as_json)
+
+
+@responses_app.command("list")
+def list_clients(responses_db: Path = RESPONSES_DB_OPT, as_json: bool = JSON_OPT) -> None:
+    """Clients with marked answers (the evidence) or their own marking rate."""
+    from tracemark.extraction.store import ResponseStore
+
+    _require(responses_db)
+    summaries = ResponseStore(responses_db).clients()
+    emit(Listing([_Summary(s) for s in summaries]), as_json)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    summary: object
+
+    def to_dict(self) -> dict:
+        return self.summary.to_dict()  # type: ignore[attr-defined]
+
+    def __str__(self) -> str:
+        s = self.summary
+        own = f", own rate {s.rate:g}" if s.rate is not None else ""  # type: ignore[attr-defined]
+        return f"{s.client_name} ({s.client_id}): {s.marked} marked answers{own}"  # type: ignore[attr-defined]
+
+
+def _require(path: Path) -> None:
+    from tracemark.extraction.errors import ResponseStoreError
+
+    if not path.is_file():
+        raise ResponseStoreError(f"no response store at {path}; give --responses-db or $TRACEMARK_RESPONSES_DB")
+
+
+@responses_app.command("check")
+def check(
+    model: Optional[Path] = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2."),
+    url: Optional[str] = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint)."),
+    field: str = typer.Option("labels", help="With --url: dotted path of the labels in the JSON response."),
+    probabilities_field: Optional[str] = typer.Option(None, help="With --url: dotted path of probability rows, if the API gives them."),
+    api_key: Optional[str] = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token."),
+    batch_size: int = typer.Option(32, help="With --url: inputs per request."),
+    timeout: float = typer.Option(10.0, help="With --url: seconds per request."),
+    client: list[str] = typer.Option([], "--client", help="Only test this client (name or id; repeatable; needs --clients-db)."),
+    evidence: Optional[Path] = typer.Option(None, "--evidence", help="Use an export (`tracemark responses export`) instead of the store."),
+    alpha: float = typer.Option(1e-6, help="Name a client only when its Bonferroni-adjusted p-value is at most this."),
+    responses_db: Path = RESPONSES_DB_OPT,
+    clients_db: Path = CLIENTS_DB_OPT,
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Ask a suspect every client's marked inputs and name the client whose answers it learned from."""
+    from tracemark.extraction.clones import check_clone
+    from tracemark.extraction.store import ResponseStore, load_export
+
+    if (model is None) == (url is None):
+        raise typer.BadParameter("give exactly one of --model or --url")
+    if evidence is not None:
+        source = load_export(evidence)
+        evidence_sha256 = _sha256(evidence)
+    else:
+        _require(responses_db)
+        source, evidence_sha256 = ResponseStore(responses_db), _sha256(responses_db)
+    ids = None
+    if client:
+        from tracemark.serve.clients import ClientStore
+
+        clients = ClientStore(clients_db)
+        ids = [clients.get(name).id for name in client]
+    if model is not None:
+        from tracemark.targets import load_target
+
+        target = load_target(model)
+    else:
+        from tracemark.targets.http import HttpTarget
+
+        target = HttpTarget(url, api_key=api_key, response_field=field, probabilities_field=probabilities_field,
+                            batch_size=batch_size, timeout=timeout)
+    result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json)
+    from tracemark.ledger import configured_ledger
+
+    target_ledger = configured_ledger(ledger)
+    if target_ledger is not None:
+        named = result.named
+        entry = target_ledger.append(CLONE_CHECK, {
+            "suspect": result.suspect, "outcome": result.outcome, "alpha": alpha, "margin_log10": result.margin,
+            "named_client_id": named.client_id if named else None, "p_value": result.clients[0].p_adjusted,
+            "evidence_sha256": evidence_sha256})
+        if not as_json:
+            error_console.print(f"ledger: appended entry #{entry.seq} ({entry.event})")
+    emit(result, as_json)
+
+
+def _sha256(path: Path) -> str:
+    from tracemark.ledger.events import file_sha256
+
+    return file_sha256(path)
+
+
+@responses_app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", help="JSON file to write (0600: it holds the marked inputs)."),
+    client: Optional[str] = typer.Option(None, help="Only this client (name or id; needs --clients-db)."),
+    responses_db: Path = RESPONSES_DB_OPT,
+    clients_db: Path = CLIENTS_DB_OPT,
+    record: bool = typer.Option(False, "--record", help="Attach the export to the evidence ledger ($TRACEMARK_LEDGER)."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help="Ledger directory (default $TRACEMARK_LEDGER)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Export marked inputs and served answers (the evidence), optionally into the ledger so bundles carry it."""
+    from tracemark.extraction.store import ResponseStore
+
+    _require(responses_db)
+    client_id = None
+    if client:
+        from tracemark.serve.clients import ClientStore
+
+        client_id = ClientStore(clients_db).get(client).id
+    result = ResponseStore(responses_db).export(out, client_id)
+    if record:
+        from tracemark.errors import LedgerError
+        from tracemark.ledger import configured_ledger
+
+        target = configured_ledger(ledger)
+        if target is None:
+            raise LedgerError("--record needs a ledger: --ledger DIR or $TRACEMARK_LEDGER")
+        digest = target.attach(out.read_bytes())
+        entry = target.append(RESPONSES_EXPORTED, {"transcript_sha256": digest, "clients": result.clients, "marked": result.marked,
+                                                   "client_id": client_id})
+        if not as_json:
+            error_console.print(f"ledger: appended entry #{entry.seq} ({entry.event})")
+    emit(result, as_json)
+
+
+@responses_app.command("alerts")
+def alerts(
+    audit_db: Path = typer.Option(Path("audit.sqlite"), "--audit-db", envvar="TRACEMARK_AUDIT_DB",
+                                  help="Where the server keeps alerts (its audit log, or its --alerts-db)."),
+    client: Optional[str] = typer.Option(None, help="Only this client (name or id; needs --clients-db)."),
+    clients_db: Path = CLIENTS_DB_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List the stealing monitor's alerts, oldest first."""
+    from tracemark.extraction.monitor import AlertStore
+    from tracemark.serve.errors import ServeConfigError
+
+    if not audit_db.is_file():
+        raise ServeConfigError(f"no alert database at {audit_db}; give --audit-db")
+    client_id = None
+    if client:
+        from tracemark.serve.clients import ClientStore
+
+        client_id = ClientStore(clients_db).get(client).id
+    emit(Listing(AlertStore(str(audit_db)).list(client_id)), as_json)
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``responses`` group."""
+    root.add_typer(responses_app, name="responses")
+
+
+__all__ = ["register", "responses_app", "CLONE_CHECK", "RESPONSES_EXPORTED"]

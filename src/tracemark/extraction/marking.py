@@ -1,0 +1,219 @@
+"""Response marking (DAWN, Szyller et al. 2021): a keyed, input-determined wrong answer for a few queries.
+
+For every client the server derives a secret from one master secret,
+``HMAC-SHA256(master, "tracemark/response-marking/v1/" + client_id)``, so nothing per client is kept.
+Each input is canonicalised (values quantised to a grid of ``step``, default 1/255, plus its shape)
+and hashed with the client's secret. The first 8 bytes of that HMAC select the input with probability
+``rate``; the next 8 bytes pick an offset ``o`` in ``[0, K-2]`` and the answer becomes
+``(model_label + 1 + o) mod K`` — never the model's own label, uniform over the others. The probability
+row is permuted (the model's top entry swapped with the served label's) so the served label is its
+argmax. The same input from the same client always gets the same answer, so asking again reveals nothing.
+
+Why quantise: with the exact float bytes (as DAWN hashes), a client could add noise below the image's
+8-bit resolution, ask several times and take a majority vote to undo the mark. On the grid, such copies
+hash the same and get the same answer; noise at or above one grid step makes a genuinely different
+input, which is marked (or not) afresh.
+
+Only the marked inputs and their served answers are kept (:class:`~tracemark.extraction.store.ResponseStore`):
+they are the evidence that a clone learned from this client's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tracemark._util.files import atomic_write_text
+from tracemark.errors import TracemarkError
+from tracemark.extraction.errors import MarkingSecretError, MarkingWriteError
+from tracemark.extraction.settings import DEFAULT_RATE
+from tracemark.extraction.store import MarkedResponse, ResponseStore, check_rate
+from tracemark.serve.clients import Client, utc_now
+from tracemark.targets.base import Answers
+
+DEFAULT_STEP = 1.0 / 255.0
+"""Default canonicalisation grid: the resolution of an 8-bit image scaled to [0, 1]."""
+ENV_SECRET = "TRACEMARK_MARKING_SECRET"
+"""Environment variable that may hold the master secret (64 hex digits) instead of a file."""
+SECRET_HEADER = "tracemark-marking-secret v1"
+_CLIENT_CONTEXT = b"tracemark/response-marking/v1/"
+_RATE_CACHE_S = 5.0
+
+
+class MarkingSecret:
+    """The server's response-marking master secret (32 random bytes); per-client secrets derive from it."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise MarkingSecretError(f"a marking secret is 32 bytes, not {len(secret)}")
+        self._secret = bytes(secret)
+
+    @classmethod
+    def generate(cls) -> "MarkingSecret":
+        """A fresh random secret."""
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def from_hex(cls, text: str) -> "MarkingSecret":
+        try:
+            return cls(bytes.fromhex(text.strip()))
+        except ValueError as exc:
+            raise MarkingSecretError("a marking secret is 64 hex digits") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the secret to ``path`` (owner-only, 0600, atomically)."""
+        return atomic_write_text(path, f"{SECRET_HEADER}\n{self._secret.hex()}\n", mode=0o600)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "MarkingSecret":
+        """Read a secret file; refuses one that group or others may read (like ssh does)."""
+        file = Path(path)
+        try:
+            mode = file.stat().st_mode
+            lines = file.read_text().split("\n")
+        except OSError as exc:
+            raise MarkingSecretError(f"cannot read marking secret {file}: {exc.strerror}; create one with "
+                                     "`tracemark responses secret --out FILE`") from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise MarkingSecretError(f"{file} is readable by others (mode {stat.S_IMODE(mode):o}); run `chmod 600 {file}`")
+        if len(lines) < 2 or lines[0] != SECRET_HEADER or any(line.strip() for line in lines[2:]):
+            raise MarkingSecretError(f"{file} is not a tracemark marking secret file")
+        return cls.from_hex(lines[1])
+
+    @classmethod
+    def resolve(cls, path: str | os.PathLike[str] | None) -> "MarkingSecret":
+        """The secret from ``path``, else from ``$TRACEMARK_MARKING_SECRET`` (hex)."""
+        if path:
+            return cls.load(path)
+        text = os.environ.get(ENV_SECRET)
+        if not text:
+            raise MarkingSecretError(f"response marking needs a master secret: a file (--marking-secret FILE) or ${ENV_SECRET}")
+        return cls.from_hex(text)
+
+    def client_key(self, client_id: str) -> bytes:
+        """The secret of one client, derived (never stored)."""
+        return hmac.new(self._secret, _CLIENT_CONTEXT + client_id.encode("utf-8"), hashlib.sha256).digest()
+
+    @property
+    def fingerprint(self) -> str:
+        """A public identifier of the secret (16 hex digits of a hash of it), safe to log and record."""
+        return hashlib.sha256(b"tracemark-marking-secret-id\0" + self._secret).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"MarkingSecret({self.fingerprint})"
+
+
+def canonical_bytes(x: np.ndarray, step: float = DEFAULT_STEP) -> bytes:
+    """One input's canonical form: its shape, then its values rounded to multiples of ``step`` (int32, little-endian)."""
+    grid = np.rint(np.asarray(x, dtype=np.float64) / step).astype("<i4")
+    return ",".join(str(d) for d in grid.shape).encode() + b";" + grid.tobytes()
+
+
+def input_key(x: np.ndarray, step: float = DEFAULT_STEP) -> str:
+    """Hex SHA-256 of an input's canonical form: how the evidence store names an input (not secret)."""
+    return hashlib.sha256(canonical_bytes(x, step)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the marking rule says for one input: whether it is marked and the label offset it would get."""
+
+    marked: bool
+    offset: int
+
+
+def decide(client_key: bytes, x: np.ndarray, rate: float, num_classes: int, step: float = DEFAULT_STEP) -> Decision:
+    """The keyed marking decision for one input (see the module docstring)."""
+    digest = hmac.new(client_key, canonical_bytes(x, step), hashlib.sha256).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2.0**64
+    return Decision(draw < rate, int.from_bytes(digest[8:16], "big") % (num_classes - 1))
+
+
+def marked_answer(label: int, probabilities: np.ndarray, offset: int) -> tuple[int, np.ndarray]:
+    """The wrong label for ``offset`` and the probability row with the model's and that label's entries swapped."""
+    k = len(probabilities)
+    wrong = (int(label) + 1 + offset) % k
+    row = np.array(probabilities, dtype=np.float64, copy=True)
+    row[[label, wrong]] = row[[wrong, label]]
+    return wrong, row
+
+
+class ResponseMarker:
+    """An :class:`~tracemark.serve.hooks.AnswerHook` that marks answers per client and keeps the evidence.
+
+    ``rate`` is the default marked fraction; a client's own rate (``ResponseStore.set_rate``) overrides
+    it and is re-read every few seconds, so running servers pick up changes.
+    """
+
+    def __init__(self, secret: MarkingSecret, store: ResponseStore, rate: float = DEFAULT_RATE, step: float = DEFAULT_STEP) -> None:
+        self.secret, self.store, self.rate, self.step = secret, store, check_rate(rate), float(step)
+        self._keys: dict[str, bytes] = {}
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def client_rate(self, client: Client) -> float:
+        """The marked fraction for this client (its own, else the default)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._rates.get(client.id)
+        if cached is not None and now - cached[1] < _RATE_CACHE_S:
+            return cached[0]
+        own = self.store.rate(client.id)
+        rate = self.rate if own is None else own
+        with self._lock:
+            self._rates[client.id] = (rate, now)
+        return rate
+
+    def _key(self, client: Client) -> bytes:
+        key = self._keys.get(client.id)
+        if key is None:
+            key = self._keys[client.id] = self.secret.client_key(client.id)
+        return key
+
+    def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
+        rate = self.client_rate(client)
+        if rate <= 0.0 or answers.probabilities is None:
+            return answers
+        probs = np.asarray(answers.probabilities, dtype=np.float64)
+        labels = np.asarray(answers.labels, dtype=np.int64)
+        key, k = self._key(client), probs.shape[1]
+        marked: list[MarkedResponse] = []
+        for i, x in enumerate(inputs):
+            decision = decide(key, x, rate, k, self.step)
+            if not decision.marked:
+                continue
+            if not marked:
+                labels, probs = labels.copy(), probs.copy()
+            model_label = int(labels[i])
+            labels[i], probs[i] = marked_answer(model_label, probs[i], decision.offset)
+            marked.append(MarkedResponse(input_key(x, self.step), np.asarray(x, dtype=np.float32), model_label, int(labels[i]), probs[i]))
+        if not marked:
+            return answers
+        try:
+            self.store.record(client, marked, utc_now())
+        except (sqlite3.Error, OSError, TracemarkError) as exc:  # the answer must not go out without its evidence
+            raise MarkingWriteError(f"the marked-response store cannot record this answer ({exc}); it was not answered") from exc
+        return Answers(labels, probs)
+
+
+__all__ = [
+    "DEFAULT_STEP",
+    "ENV_SECRET",
+    "Decision",
+    "MarkingSecret",
+    "ResponseMarker",
+    "canonical_bytes",
+    "decide",
+    "input_key",
+    "marked_answer",
+]

@@ -1,0 +1,47 @@
+"""Turning extraction resistance on in the server: the monitor and the marker as one answer hook."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracemark.serve.clients import Client
+from tracemark.serve.config import ServeConfig
+from tracemark.serve.hooks import AnswerHook
+from tracemark.targets.base import Answers
+
+
+@dataclass(frozen=True)
+class HookChain:
+    """Several answer hooks applied in order, each to the previous one's answers."""
+
+    hooks: Sequence[AnswerHook]
+
+    def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
+        for hook in self.hooks:
+            answers = hook(client, inputs, answers)
+        return answers
+
+
+def hook_from_config(config: ServeConfig) -> AnswerHook | None:
+    """The stealing monitor (sees the model's own labels) then the response marker, as ``config`` asks; ``None`` if neither."""
+    hooks: list[AnswerHook] = []
+    if config.monitor is not None:
+        from tracemark.extraction.monitor import AlertStore, StealingMonitor
+        from tracemark.ledger import configured_ledger
+
+        hooks.append(StealingMonitor(config.monitor, AlertStore(config.alerts_db or config.audit_db), configured_ledger()))
+    if config.marking:
+        from tracemark.extraction.marking import MarkingSecret, ResponseMarker
+        from tracemark.extraction.store import ResponseStore
+
+        hooks.append(ResponseMarker(MarkingSecret.resolve(config.marking_secret), ResponseStore(config.responses_db),
+                                    config.marking_rate, config.marking_step))
+    if not hooks:
+        return None
+    return hooks[0] if len(hooks) == 1 else HookChain(tuple(hooks))
+
+
+__all__ = ["HookChain", "hook_from_config"]

@@ -1,0 +1,58 @@
+"""Settings of the stealing monitor, importable without numpy or scipy (the server config holds them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tracemark.extraction.errors import MonitorConfigError
+
+DEFAULT_RATE = 0.004
+"""Default fraction of a client's distinct inputs answered with a keyed wrong label. DAWN keeps it under 0.5%;
+0.4% keeps the realised share of altered honest answers under 0.5% with room for chance (at 10,000 queries,
+0.5% is 1.6 standard deviations above 0.4%)."""
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Thresholds of the stealing monitor (see the module docstring); ``None`` switches a signal off."""
+
+    prada_delta: float | None = 0.90
+    prada_min_queries: int = 200
+    prada_window: int = 5000
+    test_every: int = 100
+    max_history: int = 2000
+    volume: int | None = 10_000
+    volume_window_s: float = 86_400.0
+    coverage_tv: float | None = 0.5
+    coverage_min_queries: int = 500
+    prior: tuple[float, ...] | None = None
+    throttle_rate: float | None = None
+    throttle_burst: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.prada_delta is not None and not 0.0 < self.prada_delta < 1.0:
+            raise MonitorConfigError(f"prada_delta is a Shapiro-Wilk W threshold in (0, 1), not {self.prada_delta}")
+        if min(self.prada_min_queries, self.test_every, self.max_history, self.coverage_min_queries) < 1:
+            raise MonitorConfigError("query counts (min queries, test interval, history) must be >= 1")
+        if not 3 <= self.prada_window <= 5000:
+            raise MonitorConfigError("prada_window must be 3..5000 (Shapiro-Wilk's range)")
+        if self.volume is not None and self.volume < 1 or self.volume_window_s <= 0:
+            raise MonitorConfigError("volume must be >= 1 and volume_window_s > 0")
+        if self.coverage_tv is not None and not 0.0 < self.coverage_tv < 1.0:
+            raise MonitorConfigError(f"coverage_tv is a total-variation distance in (0, 1), not {self.coverage_tv}")
+        if self.prior is not None and (min(self.prior) < 0 or abs(sum(self.prior) - 1.0) > 1e-6):
+            raise MonitorConfigError("prior must be non-negative class frequencies summing to 1")
+        if self.throttle_rate is not None and (self.throttle_rate <= 0 or self.throttle_burst < 1):
+            raise MonitorConfigError("throttle_rate must be > 0 and throttle_burst >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "MonitorSettings":
+        prior = raw.get("prior")
+        return cls(**{**raw, "prior": tuple(prior) if prior is not None else None})
+
+
+__all__ = ["MonitorSettings", "DEFAULT_RATE"]

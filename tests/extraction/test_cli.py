@@ -1,0 +1,60 @@
+"""`tracemark responses` secret/rate/export commands and the serve configuration that turns marking on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tracemark.extraction import MarkingSecret, MonitorSettings, ResponseStore
+from tracemark.extraction.serving import HookChain, hook_from_config
+from tracemark.serve import ClientStore, ServeConfig
+
+
+def _app() -> typer.Typer:
+    from tracemark.cli import build_app
+    from tracemark.cli import responses as responses_cli
+
+    app = build_app()
+    if not any(getattr(g, "name", None) == "responses" for g in app.registered_groups):
+        responses_cli.register(app)
+    return app
+
+
+def test_secret_rate_and_list_commands(tmp_path: Path) -> None:
+    runner, app = CliRunner(), _app()
+    secret = tmp_path / "m.secret"
+    made = runner.invoke(app, ["responses", "secret", "--out", str(secret), "--json"])
+    assert made.exit_code == 0, made.output
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    assert json.loads(made.stdout)["fingerprint"] == MarkingSecret.load(secret).fingerprint
+    again = runner.invoke(app, ["responses", "secret", "--out", str(secret)])
+    assert again.exit_code != 0 and "--force" in str(again.exception)
+    clients = ClientStore(tmp_path / "clients.sqlite")
+    alice = clients.add("alice").client
+    common = ["--clients-db", str(tmp_path / "clients.sqlite"), "--responses-db", str(tmp_path / "r.sqlite")]
+    assert runner.invoke(app, ["responses", "rate", "alice", "0.02", *common]).exit_code == 0
+    assert ResponseStore(tmp_path / "r.sqlite").rate(alice.id) == 0.02
+    listed = runner.invoke(app, ["responses", "list", "--responses-db", str(tmp_path / "r.sqlite"), "--json"])
+    assert json.loads(listed.stdout)["items"] == [{"client_id": alice.id, "client_name": "alice", "marked": 0, "rate": 0.02}]
+    assert runner.invoke(app, ["responses", "rate", "alice", "default", *common]).exit_code == 0
+    assert ResponseStore(tmp_path / "r.sqlite").rate(alice.id) is None
+    bad = runner.invoke(app, ["responses", "rate", "alice", "0.7", *common])
+    assert bad.exit_code != 0 and "between 0 and 0.5" in str(bad.exception)
+
+
+def test_serve_config_round_trips_and_builds_the_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = MarkingSecret.generate().save(tmp_path / "m.secret")
+    config = ServeConfig(model="m", audit_db=str(tmp_path / "audit.sqlite"), responses_db=str(tmp_path / "r.sqlite"),
+                         marking=True, marking_secret=str(secret), marking_rate=0.01,
+                         monitor=MonitorSettings(volume=5, prior=(0.5, 0.5)))
+    assert ServeConfig.from_json(config.to_json()) == config
+    assert secret.read_text().split("\n")[1] not in config.to_json()  # the secret itself never travels in the config
+    monkeypatch.delenv("TRACEMARK_LEDGER", raising=False)
+    hook = hook_from_config(config)
+    assert isinstance(hook, HookChain) and [type(h).__name__ for h in hook.hooks] == ["StealingMonitor", "ResponseMarker"]
+    assert hook_from_config(ServeConfig(model="m")) is None

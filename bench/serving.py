@@ -1,9 +1,10 @@
 """Protected serving vs the same model behind a bare FastAPI endpoint, loopback, side by side.
 
-    python bench/serving.py [--models toy,mid] [--rounds 5] [--seconds 10] [--batch 1] [--connections 4] [--sustained 60]
+    python bench/serving.py [--models toy,mid,large] [--rounds 5] [--seconds 10] [--batch 1] [--connections 4] [--sustained 60]
 
-Two models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
-per-request costs dominate, and *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms). Each
+Three models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
+per-request costs dominate; *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms); and *large*,
+a 7.5M-parameter CNN on the same input (~5 ms). Each
 server is its own uvicorn process (one worker, one torch thread); `wrk` (Debian package `wrk`)
 drives it. Each round visits every (model, server) pair, alternating which server of a pair goes
 first, so that background load hits both alike; ratios are protected/bare per round, then the
@@ -39,17 +40,23 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 
 
 # ----------------------------------------------------------------------------- servers
-MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28)}
+MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28), "large": (1, 28, 28)}
 
 
 def _model(size: str):
-    """The benchmark model: ``toy`` (digits small CNN) or ``mid`` (a 1.7M-parameter CNN)."""
+    """The benchmark model: ``toy`` (digits small CNN), ``mid`` (a 1.7M-parameter CNN) or ``large`` (7.5M)."""
     import torch.nn as nn
 
     import tracemark as tm
 
     if size == "toy":
         return tm.build_model("small_cnn", MODELS["toy"], 10, seed=0).eval()
+    if size == "large":
+        return nn.Sequential(
+            nn.Conv2d(1, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(256 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 10),
+        ).eval()
     return nn.Sequential(
         nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -155,7 +162,7 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="toy")
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir")
-    parser.add_argument("--models", default="toy,mid", help="Comma-separated models to compare (toy, mid).")
+    parser.add_argument("--models", default="toy,mid,large", help="Comma-separated models to compare (toy, mid, large).")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
@@ -222,7 +229,8 @@ def report(args, sizes: list[str], rows: dict[tuple[str, str], list[dict]], sust
     errors = sum(r["non2xx"] + r["socket_errors"] for runs in rows.values() for r in runs)
     sustained_rows = rows_total - before
     described = {"toy": "toy: digits small CNN, 1×8×8, ~0.06 ms a forward pass",
-                 "mid": "mid: 1.7M-parameter CNN, 1×28×28, ~1.2 ms a forward pass"}
+                 "mid": "mid: 1.7M-parameter CNN, 1×28×28, ~1.2 ms a forward pass",
+                 "large": "large: 7.5M-parameter CNN, 1×28×28, ~5 ms a forward pass"}
     lines = [
         "## Protected serving (capability 8)",
         "",

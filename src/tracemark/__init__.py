@@ -51,6 +51,11 @@ _EXPORTS: dict[str, str] = {
     "TorchTarget": "tracemark.targets",
     "exported_target": "tracemark.targets",
     "load_target": "tracemark.targets",
+    # per-customer marks and tracing
+    "FingerprintScheme": "tracemark.fingerprint",
+    "TraceResult": "tracemark.fingerprint",
+    "fanout": "tracemark.fingerprint",
+    "trace": "tracemark.fingerprint",
     # verification
     "DEFAULT_ALPHA": "tracemark.verification",
     "NullModel": "tracemark.verification",

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = ("keys", "models", "verify", "demo", "package", "serve", "robustness", "ledger", "evidence", "responses")
+VERB_MODULES: tuple[str, ...] = ("keys", "models", "verify", "demo", "package", "serve", "robustness", "ledger", "evidence", "responses", "fingerprint")
 
 _registered = False
 

@@ -1,0 +1,174 @@
+"""``tracemark fingerprint`` (one marked copy per customer) and ``tracemark trace`` (which customer leaked it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event
+from tracemark.cli._output import console, emit
+
+REGISTRY_NAME = "registry.sqlite"
+
+
+def fingerprint(
+    key: Path = typer.Option(..., help="Master watermark key (a content key); customer codes are derived from it."),
+    model: Path = typer.Option(..., help="Trained base model (.safetensors written by tracemark)."),
+    customers: Path = typer.Option(..., help="Text file of customer ids, one per line ('#' starts a comment)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies (<customer>.safetensors)."),
+    data: str = typer.Option("digits", help="Training data for the fine-tunes (digits, mnist, fashion-mnist, or an .npz)."),
+    registry: Optional[Path] = typer.Option(None, help=f"Customer registry (SQLite; default OUT/{REGISTRY_NAME}); new customers are added to an existing one, customers that already have a copy are refused."),
+    drawings: Optional[int] = typer.Option(None, help="Secret drawings in the scheme (default ceil(100/classes)); only for a new registry."),
+    workers: int = typer.Option(2, help="Processes making copies in parallel (one torch thread each)."),
+    lr: float = typer.Option(1e-3, help="Learning rate of each customer's fine-tune (of the model's head)."),
+    max_steps: int = typer.Option(3000, help="Most fine-tuning steps per customer."),
+    max_clean_drop: float = typer.Option(0.003, help="Largest clean-accuracy drop allowed per copy (fraction)."),
+    code_accuracy: float = typer.Option(0.9, help="Stop a customer's fine-tune once this fraction of the tracing queries carry its code."),
+    seed: int = typer.Option(0, help="Seed of the feature pools and the fine-tunes' batch order."),
+    vendor_key: Optional[Path] = typer.Option(None, "--vendor-key", help="Also pack each copy as OUT/<customer>.tmpkg, signed by this vendor key and licensed to the customer."),
+    days: int = typer.Option(365, "--days", help="With --vendor-key: licence length in days from now."),
+    passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="With --vendor-key: also wrap each package for the passphrase in this environment variable."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Make one marked copy of a base model per customer, each carrying its own code."""
+    import torch
+
+    from tracemark.data import load_dataset, load_model
+    from tracemark.fingerprint import FingerprintScheme, Registry, TrainSettings, fanout, read_customers_file, record_customer_code
+    from tracemark.fingerprint.errors import DuplicateCustomerError
+    from tracemark.ledger import record_embedded
+
+    ids = read_customers_file(customers)
+    wm_key = load_key(key)
+    registry_path = registry or out / REGISTRY_NAME
+    if registry_path.exists():
+        reg = Registry.open(registry_path)
+        scheme = reg.scheme(wm_key)
+        if drawings is not None and drawings != scheme.n_drawings:
+            raise typer.BadParameter(f"the registry's scheme has {scheme.n_drawings} drawings", param_hint="--drawings")
+        made = {r.id for r in reg.records() if r.model_sha256} & set(ids)
+        if made:
+            raise DuplicateCustomerError(f"already registered with a copy in {registry_path}: {', '.join(sorted(made))}")
+    else:
+        scheme = FingerprintScheme.from_key(wm_key, drawings)
+        reg = Registry.create(registry_path, scheme)
+    dataset = load_dataset(data)
+    base = load_model(model)
+    if workers > 1:
+        torch.set_num_threads(1)  # workers are forked from this process: keep its OpenMP pool single-threaded
+    settings = TrainSettings(lr=lr, max_steps=max_steps, max_clean_drop=max_clean_drop, target_code_accuracy=code_accuracy,
+                             seed=seed)
+    registered = set(reg.customers())
+    for cid in ids:
+        if cid not in registered:  # registered earlier without a copy (an interrupted run): make it now
+            reg.add(scheme, cid)
+            record_event(ledger, record_customer_code, scheme, cid, quiet=as_json)
+
+    pack = _packer(vendor_key, days, passphrase_env, out) if vendor_key is not None else None
+
+    def on_copy(report) -> None:
+        reg.set_copy(report.customer, report.model_path, report.model_sha256, report.to_dict())
+        record_event(ledger, record_embedded, report.model_sha256, wm_key.commitment(), report,
+                     model_name=f"customer copy: {report.customer}", quiet=as_json)
+        if pack is not None:
+            from tracemark.ledger import file_sha256, record_packaged
+
+            packed = pack(report.customer, Path(report.model_path))
+            reg.set_package(report.customer, str(packed.path), file_sha256(packed.path))
+            record_event(ledger, record_packaged, file_sha256(packed.path), report.customer,
+                         model_sha256=report.model_sha256, key_commitment=wm_key.commitment(),
+                         licence=packed.licence.to_dict(), quiet=as_json)
+
+    result = fanout(base, scheme, ids, dataset, out, workers=workers, settings=settings, on_copy=on_copy,
+                    show_progress=not as_json)
+    if not as_json:
+        console.print(f"registry: {reg}")
+    emit(result, as_json)
+
+
+def _packer(vendor_key: Path, days: int, passphrase_env: Optional[str], out: Path):
+    """``pack(customer, model_path)``: a protected package licensed to the customer, in ``out``."""
+    import os
+    from datetime import datetime, timedelta, timezone
+
+    from tracemark.errors import PackageError
+    from tracemark.package import Licence, PassphraseWrap, RecipientWrap, VendorKey, pack_model
+
+    vendor = VendorKey.load(vendor_key)
+    wraps: list = [RecipientWrap(vendor.public)]
+    if passphrase_env:
+        secret = os.environ.get(passphrase_env)
+        if not secret:
+            raise PackageError(f"environment variable {passphrase_env} is empty or unset; export the passphrase in it")
+        wraps.append(PassphraseWrap(secret))
+
+    def pack(customer: str, model_path: Path):
+        start = datetime.now(timezone.utc)
+        licence = Licence(customer, start, start + timedelta(days=days))
+        return pack_model(model_path, out / f"{customer}.tmpkg", vendor=vendor, licence=licence, wraps=wraps,
+                          model_id=f"{model_path.stem} (customer copy)")
+
+    return pack
+
+
+def trace(
+    key: Path = typer.Option(..., help="Master watermark key the customer codes were derived from."),
+    registry: Path = typer.Option(..., help="Customer registry made by 'tracemark fingerprint'."),
+    model: Optional[Path] = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2 or a .pt state dict."),
+    url: Optional[str] = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint)."),
+    field: str = typer.Option("labels", help="With --url: dotted path of the answers in the JSON response."),
+    template: Optional[str] = typer.Option(None, help='With --url: JSON request body with "{{inputs}}" or "{{inputs_flat}}".'),
+    header: list[str] = typer.Option([], help="With --url: extra header 'Name: value' (repeatable)."),
+    api_key: Optional[str] = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token."),
+    budget: Optional[int] = typer.Option(None, help="With --url: most inputs to send."),
+    rate: Optional[float] = typer.Option(None, help="With --url: most requests per second."),
+    batch_size: int = typer.Option(32, help="Inputs per request."),
+    timeout: float = typer.Option(10.0, help="With --url: seconds per request."),
+    transcript: Optional[Path] = typer.Option(None, help="With --url: write every query and answer here (JSON)."),
+    alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together."),
+    max_queries: Optional[int] = typer.Option(None, help="Ask at most this many queries (default: all, D×classes)."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Ask a suspect the tracing queries and name the customer whose copy it is, with a p-value."""
+    from tracemark.cli.verify import _parse_headers
+    from tracemark.fingerprint import Registry
+    from tracemark.fingerprint.trace import record_trace, trace as run_trace
+    from tracemark.targets import load_target
+
+    if (model is None) == (url is None):
+        raise typer.BadParameter("give exactly one of --model or --url")
+    wm_key = load_key(key)
+    reg = Registry.open(registry)
+    scheme = reg.scheme(wm_key)
+    if model is not None:
+        target = load_target(model)
+    else:
+        from tracemark.targets.http import HttpTarget
+
+        try:
+            request_template = json.loads(template) if template else None
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--template") from exc
+        target = HttpTarget(url, headers=_parse_headers(header), api_key=api_key, request_template=request_template,
+                            response_field=field, batch_size=batch_size, timeout=timeout, max_queries=budget, rate=rate,
+                            num_classes=wm_key.num_classes)
+    try:
+        result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size)
+    finally:
+        if url is not None and transcript is not None:
+            target.save_transcript(transcript)  # type: ignore[union-attr]
+            if not as_json:
+                console.print(f"transcript of {len(target.transcript)} requests -> {transcript}")  # type: ignore[union-attr]
+    record_event(ledger, record_trace, result, transcript=transcript if url is not None else None, quiet=as_json)
+    emit(result, as_json)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``fingerprint`` and ``trace``."""
+    root.command("fingerprint")(fingerprint)
+    root.command("trace")(trace)

@@ -1,0 +1,90 @@
+"""``tracemark fingerprint`` and ``tracemark trace`` end to end, with a ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import tracemark as tm
+from tracemark.cli import fingerprint as fingerprint_cli
+from tracemark.fingerprint import Registry
+from tracemark.ledger import Ledger, OwnerIdentity
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    root = typer.Typer(pretty_exceptions_enable=False)
+    fingerprint_cli.register(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, models):
+    d = tmp_path_factory.mktemp("fpcli")
+    tm.save_model(models.base, d / "base.safetensors")
+    tm.save_model(models.independent, d / "independent.safetensors")
+    models.key.save(d / "master.key")
+    owner = OwnerIdentity.generate()
+    owner.save(d / "owner.key", "owner pass")
+    Ledger.init(d / "ledger", owner)
+    (d / "customers.txt").write_text("acme\nglobex\n")
+    from tracemark.package import VendorKey
+
+    VendorKey.generate().save(d / "vendor.key")
+    return d
+
+
+def test_fingerprint_then_trace(app, workdir):
+    env = {"TRACEMARK_LEDGER": str(workdir / "ledger"), "TRACEMARK_OWNER_KEY": str(workdir / "owner.key"),
+           "TRACEMARK_OWNER_PASSPHRASE": "owner pass"}
+    out = workdir / "copies"
+    r = runner.invoke(app, ["fingerprint", "--key", str(workdir / "master.key"), "--model", str(workdir / "base.safetensors"),
+                            "--customers", str(workdir / "customers.txt"), "--out", str(out), "--workers", "2",
+                            "--lr", "3e-3", "--code-accuracy", "0.45",
+                            "--max-clean-drop", "0.02", "--vendor-key", str(workdir / "vendor.key"), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.output)
+    assert [c["customer"] for c in made["copies"]] == ["acme", "globex"]
+    assert all(c["reached_goal"] for c in made["copies"])
+    assert (out / "acme.safetensors").is_file()
+
+    events = [e.event for e in Ledger.open(workdir / "ledger").entries()]
+    assert events.count("customer-code-created") == 2 and events.count("model-embedded") == 2
+    assert events.count("model-packaged") == 2
+    from tracemark.package import inspect_package
+
+    acme = Registry.open(out / "registry.sqlite").records()[0]
+    assert acme.package_path == str(out / "acme.tmpkg") and len(acme.package_sha256) == 64
+    assert inspect_package(out / "acme.tmpkg").licence.customer_id == "acme"
+
+    common = ["trace", "--key", str(workdir / "master.key"), "--registry", str(out / "registry.sqlite"), "--json"]
+    for suspect, expected in (("copies/globex.safetensors", "globex"), ("copies/acme.safetensors", "acme"),
+                              ("independent.safetensors", None)):
+        r = runner.invoke(app, [*common, "--model", str(workdir / suspect)], env=env)
+        assert r.exit_code == 0, r.output
+        result = json.loads(r.output)
+        assert result["customer"] == expected
+        assert result["verdict"] == ("customer" if expected else "no-match")
+    assert [e.event for e in Ledger.open(workdir / "ledger").entries()].count("trace") == 3
+
+    # customers who already have a copy are refused; a new one joins the same registry
+    again = ["fingerprint", "--key", str(workdir / "master.key"), "--model", str(workdir / "base.safetensors"),
+             "--out", str(out), "--lr", "3e-3", "--code-accuracy", "0.45", "--max-clean-drop", "0.02", "--workers", "1"]
+    r = runner.invoke(app, [*again, "--customers", str(workdir / "customers.txt")], env=env)
+    assert r.exit_code != 0 and "already registered with a copy" in str(r.exception)
+    (workdir / "more.txt").write_text("initech\n")
+    r = runner.invoke(app, [*again, "--customers", str(workdir / "more.txt"), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    assert Registry.open(out / "registry.sqlite").customers() == ["acme", "globex", "initech"]
+    r = runner.invoke(app, [*common, "--model", str(out / "initech.safetensors")], env=env)
+    assert json.loads(r.output)["customer"] == "initech"
+
+
+def test_trace_needs_one_suspect(app, workdir):
+    r = runner.invoke(app, ["trace", "--key", str(workdir / "master.key"), "--registry", str(workdir / "r.sqlite")])
+    assert r.exit_code != 0 and "exactly one of --model or --url" in r.output

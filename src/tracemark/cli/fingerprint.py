@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, load_key, record_event
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event, suspect_target
 from tracemark.cli._output import console, emit
 
 REGISTRY_NAME = "registry.sqlite"
@@ -135,28 +134,14 @@ def trace(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Ask a suspect the tracing queries and name the customer whose copy it is, with a p-value."""
-    from tracemark.cli.verify import _parse_headers
     from tracemark.fingerprint import Registry
     from tracemark.fingerprint.trace import record_trace, trace as run_trace
-    from tracemark.targets import load_target
 
-    if (model is None) == (url is None):
-        raise typer.BadParameter("give exactly one of --model or --url")
     wm_key = load_key(key)
+    target = suspect_target(model, url, num_classes=wm_key.num_classes, field=field, template=template, header=header,
+                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout)
     reg = Registry.open(registry)
     scheme = reg.scheme(wm_key)
-    if model is not None:
-        target = load_target(model)
-    else:
-        from tracemark.targets.http import HttpTarget
-
-        try:
-            request_template = json.loads(template) if template else None
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--template") from exc
-        target = HttpTarget(url, headers=_parse_headers(header), api_key=api_key, request_template=request_template,
-                            response_field=field, batch_size=batch_size, timeout=timeout, max_queries=budget, rate=rate,
-                            num_classes=wm_key.num_classes)
     try:
         result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size)
     finally:

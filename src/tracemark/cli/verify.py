@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, load_key, record_event
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event, suspect_target
 from tracemark.cli._output import console, emit
-
-
-def _parse_headers(headers: list[str]) -> dict[str, str]:
-    parsed = {}
-    for header in headers:
-        name, sep, value = header.partition(":")
-        if not sep:
-            raise typer.BadParameter(f"header {header!r} is not 'Name: value'", param_hint="--header")
-        parsed[name.strip()] = value.strip()
-    return parsed
 
 
 def verify(
@@ -45,22 +34,10 @@ def verify(
     from tracemark.targets import load_target
     from tracemark.verification import verify as run_verify
 
-    if (model is None) == (url is None):
-        raise typer.BadParameter("give exactly one of --model or --url")
     wm_key = load_key(key)
+    target = suspect_target(model, url, num_classes=wm_key.num_classes, field=field, template=template, header=header,
+                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout)
     references = [load_target(path) for path in reference]
-    if model is not None:
-        target = load_target(model)
-    else:
-        from tracemark.targets.http import HttpTarget
-
-        try:
-            request_template = json.loads(template) if template else None
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--template") from exc
-        target = HttpTarget(url, headers=_parse_headers(header), api_key=api_key, request_template=request_template,
-                            response_field=field, batch_size=batch_size, timeout=timeout, max_queries=budget, rate=rate,
-                            num_classes=wm_key.num_classes)
     try:
         verdict = run_verify(wm_key, target, alpha=alpha, max_queries=max_queries, references=references,
                              batch_size=batch_size)

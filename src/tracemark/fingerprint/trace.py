@@ -22,8 +22,8 @@ import numpy as np
 from scipy import stats
 
 from tracemark.fingerprint.codes import FingerprintScheme
-from tracemark.targets.base import Target
-from tracemark.verification.verify import DEFAULT_ALPHA, _ask
+from tracemark.targets.base import Target, ask_labels
+from tracemark.verification.verify import DEFAULT_ALPHA
 
 TraceLabel = Literal["customer", "no-match", "inconclusive"]
 SHOWN = 5
@@ -170,7 +170,7 @@ def trace(
     n = len(q) if max_queries is None else min(int(max_queries), len(q))
     if n < 1:
         raise ValueError("max_queries must be at least 1")
-    answers, errors, last_error = _ask(target, q.inputs[:n], batch_size)
+    answers, errors, last_error = ask_labels(target, q.inputs[:n], batch_size)
     if not np.any(answers >= 0) and last_error is not None:
         raise last_error
     scheme.key.check_compatible(None, target.num_classes)

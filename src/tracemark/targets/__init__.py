@@ -1,10 +1,10 @@
 """Targets: anything that answers classification queries (local models or remote APIs)."""
 
-from tracemark.targets.base import Answers, Target
+from tracemark.targets.base import Answers, Target, ask_labels
 from tracemark.targets.loading import load_target
 from tracemark.targets.local import CallableTarget, OnnxTarget, TorchTarget, exported_target
 
-__all__ = ["Answers", "Target", "TorchTarget", "OnnxTarget", "CallableTarget", "exported_target", "load_target", "HttpTarget"]
+__all__ = ["Answers", "Target", "ask_labels", "TorchTarget", "OnnxTarget", "CallableTarget", "exported_target", "load_target", "HttpTarget"]
 
 
 def __getattr__(name: str):  # HttpTarget pulls in httpx only when used

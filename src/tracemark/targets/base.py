@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracemark.errors import ClassCountMismatchError
+from tracemark.errors import ClassCountMismatchError, QueryBudgetExceededError, TargetError
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,25 @@ class Target(abc.ABC):
 
     def __str__(self) -> str:
         return self.description
+
+
+def ask_labels(target: Target, inputs: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[str], TargetError | None]:
+    """Labels for ``inputs`` asked in batches; a failed batch stays -1 and its error is listed.
+
+    Returns the labels, one message per failed batch and the last error (``None`` if every batch
+    was answered). Asking stops at the target's query budget.
+    """
+    answers = np.full(len(inputs), -1, dtype=np.int64)
+    errors: list[str] = []
+    last_error: TargetError | None = None
+    for lo in range(0, len(inputs), batch_size):
+        hi = min(lo + batch_size, len(inputs))
+        try:
+            answers[lo:hi] = target.predict_labels(inputs[lo:hi])
+        except TargetError as exc:
+            last_error = exc
+            errors.append(f"queries {lo}-{hi - 1}: {type(exc).__name__}: {exc}")
+            if isinstance(exc, QueryBudgetExceededError):
+                break
+    return answers, errors, last_error
+

@@ -7,31 +7,13 @@ from typing import Sequence
 
 import numpy as np
 
-from tracemark.errors import QueryBudgetExceededError, TargetError
 from tracemark.keys.key import WatermarkKey
-from tracemark.targets.base import Target
+from tracemark.targets.base import Target, ask_labels
 from tracemark.verification.null import NullModel, choose_null, control_null, empirical_null
 from tracemark.verification.stats import binomial_pvalue, min_matches_for
 from tracemark.verification.verdict import Verdict
 
 DEFAULT_ALPHA = 1e-9
-
-
-def _ask(target: Target, inputs: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[str], TargetError | None]:
-    """Labels for ``inputs`` in batches; a failed batch stays -1 and its error is recorded."""
-    answers = np.full(len(inputs), -1, dtype=np.int64)
-    errors: list[str] = []
-    last_error: TargetError | None = None
-    for lo in range(0, len(inputs), batch_size):
-        hi = min(lo + batch_size, len(inputs))
-        try:
-            answers[lo:hi] = target.predict_labels(inputs[lo:hi])
-        except TargetError as exc:
-            last_error = exc
-            errors.append(f"queries {lo}-{hi - 1}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, QueryBudgetExceededError):
-                break
-    return answers, errors, last_error
 
 
 def verify(
@@ -68,12 +50,12 @@ def verify(
     if null is None and references:
         null = empirical_null(key, references)
 
-    answers, errors, last_error = _ask(target, triggers.inputs[:n], batch_size)
+    answers, errors, last_error = ask_labels(target, triggers.inputs[:n], batch_size)
     control = None
     if key.label_mode == "single" and key.base_images is not None and last_error is None:
         # the same images without the mark: a suspect that gives the watermark class to
         # everything must not look like a copy
-        control_answers, _, _ = _ask(target, key.base_images[:n].astype(np.float32) / np.float32(255), batch_size)
+        control_answers, _, _ = ask_labels(target, key.base_images[:n].astype(np.float32) / np.float32(255), batch_size)
         if np.any(control_answers >= 0):
             control = control_null(key, control_answers)
     chosen = choose_null(key, null, assumed_null_rate, control)

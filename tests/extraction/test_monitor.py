@@ -123,3 +123,32 @@ def test_flagged_client_is_throttled_over_http_and_alert_listed(serve_marked, vi
     items = json.loads(out.stdout)["items"]
     assert [(i["client_name"], i["signal"], i["queries"]) for i in items] == [("greedy", "volume", 128)]
 
+
+
+def test_throttled_requests_are_refused_before_the_model_runs(victim, digits, tmp_path: Path) -> None:
+    from tracemark.extraction import ThrottledError
+    from tracemark.serve import ClientStore, ServeConfig, create_app
+    from tracemark.serve.model import from_module
+
+    served = from_module(victim, input_shape=digits.input_shape)
+    forward_passes = [0]
+    scorer = served.scorer
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        forward_passes[0] += 1
+        return scorer(x)
+
+    served.scorer = counting
+    config = ServeConfig(model="m", clients_db=str(tmp_path / "c.sqlite"), audit_db=str(tmp_path / "a.sqlite"), rate=1e9, burst=1e9)
+    monitor = StealingMonitor(MonitorSettings(**{**OFF, "volume": 40, "throttle_rate": 0.01, "throttle_burst": 32}))
+    server = create_app(served, config, clients=ClientStore(tmp_path / "c.sqlite"), hook=monitor).state.server
+    client = server.clients.add("greedy").client
+    x = digits.x_train[:32].astype(np.float32)
+    server.answer(client, x)
+    server.answer(client, x)  # crosses 40 queries: the alert is raised, the answer still goes out
+    assert monitor.raised and forward_passes[0] == 2
+    server.answer(client, x)  # within the throttle's burst of 32
+    assert forward_passes[0] == 3
+    with pytest.raises(ThrottledError):
+        server.answer(client, x)
+    assert forward_passes[0] == 3, "a throttled request must not run the model"

@@ -149,15 +149,19 @@ class StealingMonitor:
         with self._lock:
             return self._states.setdefault(client_id, _ClientState(distances=deque(maxlen=self.settings.prada_window)))
 
-    def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
+    def admit(self, client: Client, n_inputs: int) -> None:
+        """Before the model runs: hold a flagged client to the throttle rate (:class:`ThrottledError`, HTTP 429)."""
         s = self.settings
         state = self.state(client.id)
         if s.throttle_rate is not None and state.alerted:
             try:
-                self._throttle.charge(client.id, len(inputs), Allowance(s.throttle_rate, s.throttle_burst))
+                self._throttle.charge(client.id, n_inputs, Allowance(s.throttle_rate, s.throttle_burst))
             except RateLimitedError as exc:
                 raise ThrottledError(f"client {client.name} is throttled to {s.throttle_rate:g} queries/s after a "
                                      f"stealing alert ({', '.join(sorted(state.alerted))})", exc.retry_after) from exc
+
+    def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
+        state = self.state(client.id)
         with state.lock:
             self._observe(client, state, np.asarray(inputs, dtype=np.float32), np.asarray(answers.labels, dtype=np.int64),
                           np.asarray(answers.probabilities).shape[1] if answers.probabilities is not None else int(answers.labels.max()) + 1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from tracemark.serve.clients import Client
 from tracemark.serve.config import ServeConfig
-from tracemark.serve.hooks import AnswerHook
+from tracemark.serve.hooks import AnswerHook, admit
 from tracemark.targets.base import Answers
 
 
@@ -18,6 +18,11 @@ class HookChain:
     """Several answer hooks applied in order, each to the previous one's answers."""
 
     hooks: Sequence[AnswerHook]
+
+    def admit(self, client: Client, n_inputs: int) -> None:
+        """Every hook's pre-model check, in order."""
+        for hook in self.hooks:
+            admit(hook, client, n_inputs)
 
     def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
         for hook in self.hooks:

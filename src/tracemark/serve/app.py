@@ -33,7 +33,7 @@ from tracemark.serve.errors import (
     ServeConfigError,
     ServeError,
 )
-from tracemark.serve.hooks import AnswerHook
+from tracemark.serve.hooks import AnswerHook, admit
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
 from tracemark.serve.model import ServedModel
 from tracemark.serve.policy import effective_policy, render
@@ -79,6 +79,8 @@ class Server:
         """Charge the client's bucket, run the model, apply hook and policy, audit every input, return the body."""
         allowance = Allowance(client.rate, client.burst) if client.rate is not None and client.burst is not None else self.allowance
         self.limiter.charge(client.id, len(x), allowance)
+        if self.hook is not None:
+            admit(self.hook, client, len(x))
         probabilities = self.model.probabilities(x)
         answers = Answers(probabilities.argmax(axis=1), probabilities)
         if self.hook is not None:

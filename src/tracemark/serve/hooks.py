@@ -19,4 +19,13 @@ class AnswerHook(Protocol):
     def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers: ...
 
 
-__all__ = ["AnswerHook"]
+def admit(hook: object, client: Client, n_inputs: int) -> None:
+    """Run ``hook.admit(client, n_inputs)`` if the hook has one: a check before the model runs, which
+    refuses a request by raising a :class:`~tracemark.serve.errors.ServeError` (e.g. a throttled client's 429)
+    so that refused requests cost no forward pass."""
+    check = getattr(hook, "admit", None)
+    if check is not None:
+        check(client, n_inputs)
+
+
+__all__ = ["AnswerHook", "admit"]

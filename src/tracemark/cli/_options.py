@@ -57,10 +57,25 @@ def parse_headers(headers: list[str]) -> dict[str, str]:
     return parsed
 
 
-def suspect_target(model: Path | None, url: str | None, *, num_classes: int, field: str, template: str | None,
-                   header: list[str], api_key: str | None, budget: int | None, rate: float | None, batch_size: int,
-                   timeout: float):
-    """The suspect of ``verify``/``trace``: a local model file or an HTTP prediction API (exactly one)."""
+# The options every command that asks a suspect shares (verify, trace, responses check).
+MODEL_OPT = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2 or a .pt state dict.")
+URL_OPT = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint).")
+FIELD_OPT = typer.Option("labels", help="With --url: dotted path of the answers in the JSON response.")
+TEMPLATE_OPT = typer.Option(None, help='With --url: JSON request body with "{{inputs}}" or "{{inputs_flat}}".')
+HEADER_OPT = typer.Option([], help="With --url: extra header 'Name: value' (repeatable).")
+API_KEY_OPT = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token.")
+BUDGET_OPT = typer.Option(None, help="With --url: most inputs to send.")
+RATE_OPT = typer.Option(None, help="With --url: most requests per second.")
+BATCH_OPT = typer.Option(32, help="Inputs per request.")
+TIMEOUT_OPT = typer.Option(10.0, help="With --url: seconds per request.")
+TRANSCRIPT_OPT = typer.Option(None, help="With --url: write every query and answer here (JSON).")
+
+
+def suspect_target(model: Path | None, url: str | None, *, num_classes: int | None = None, field: str = "labels",
+                   probabilities_field: str | None = None, template: str | None = None, header: list[str] | None = None,
+                   api_key: str | None = None, budget: int | None = None, rate: float | None = None, batch_size: int = 32,
+                   timeout: float = 10.0):
+    """The suspect of ``verify``/``trace``/``responses check``: a local model file or an HTTP prediction API (exactly one)."""
     import json
 
     from tracemark.targets import load_target
@@ -75,7 +90,17 @@ def suspect_target(model: Path | None, url: str | None, *, num_classes: int, fie
         request_template = json.loads(template) if template else None
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--template") from exc
-    return HttpTarget(url, headers=parse_headers(header), api_key=api_key, request_template=request_template,
-                      response_field=field, batch_size=batch_size, timeout=timeout, max_queries=budget, rate=rate,
-                      num_classes=num_classes)
+    return HttpTarget(url, headers=parse_headers(header or []), api_key=api_key, request_template=request_template,
+                      response_field=field, probabilities_field=probabilities_field, batch_size=batch_size, timeout=timeout,
+                      max_queries=budget, rate=rate, num_classes=num_classes)
 
+
+def save_transcript(target, path: Path | None, quiet: bool) -> None:
+    """Write a remote suspect's transcript (every query and answer) to ``path``; nothing for a local model."""
+    if path is None or not hasattr(target, "save_transcript"):
+        return
+    target.save_transcript(path)
+    if not quiet:
+        from tracemark.cli._output import console
+
+        console.print(f"transcript of {len(target.transcript)} requests -> {path}")

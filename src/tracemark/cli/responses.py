@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP
+from tracemark.cli._options import API_KEY_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT, suspect_target
 from tracemark.cli._output import emit, error_console
 
 RESPONSES_DB_OPT = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
@@ -127,13 +127,13 @@ def _require(path: Path) -> None:
 
 @responses_app.command("check")
 def check(
-    model: Optional[Path] = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2."),
-    url: Optional[str] = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint)."),
+    model: Optional[Path] = MODEL_OPT,
+    url: Optional[str] = URL_OPT,
     field: str = typer.Option("labels", help="With --url: dotted path of the labels in the JSON response."),
     probabilities_field: Optional[str] = typer.Option(None, help="With --url: dotted path of probability rows, if the API gives them."),
-    api_key: Optional[str] = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token."),
+    api_key: Optional[str] = API_KEY_OPT,
     batch_size: int = typer.Option(32, help="With --url: inputs per request."),
-    timeout: float = typer.Option(10.0, help="With --url: seconds per request."),
+    timeout: float = TIMEOUT_OPT,
     client: list[str] = typer.Option([], "--client", help="Only test this client (name or id; repeatable; needs --clients-db)."),
     evidence: Optional[Path] = typer.Option(None, "--evidence", help="Use an export (`tracemark responses export`) instead of the store."),
     alpha: float = typer.Option(1e-6, help="Name a client only when its Bonferroni-adjusted p-value is at most this."),
@@ -146,7 +146,7 @@ def check(
     from tracemark.extraction.clones import check_clone
     from tracemark.extraction.store import ResponseStore, load_export
 
-    if (model is None) == (url is None):
+    if (model is None) == (url is None):  # before any store is opened
         raise typer.BadParameter("give exactly one of --model or --url")
     if evidence is not None:
         source = load_export(evidence)
@@ -160,14 +160,7 @@ def check(
 
         clients = ClientStore(clients_db)
         ids = [clients.get(name).id for name in client]
-    if model is not None:
-        from tracemark.targets import load_target
-
-        target = load_target(model)
-    else:
-        from tracemark.targets.http import HttpTarget
-
-        target = HttpTarget(url, api_key=api_key, response_field=field, probabilities_field=probabilities_field,
+    target = suspect_target(model, url, field=field, probabilities_field=probabilities_field, api_key=api_key,
                             batch_size=batch_size, timeout=timeout)
     result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json)
     from tracemark.ledger import configured_ledger

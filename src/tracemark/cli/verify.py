@@ -7,23 +7,40 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, load_key, record_event, suspect_target
-from tracemark.cli._output import console, emit
+from tracemark.cli._options import (
+    API_KEY_OPT,
+    BATCH_OPT,
+    BUDGET_OPT,
+    FIELD_OPT,
+    HEADER_OPT,
+    LEDGER_HELP,
+    MODEL_OPT,
+    RATE_OPT,
+    TEMPLATE_OPT,
+    TIMEOUT_OPT,
+    TRANSCRIPT_OPT,
+    URL_OPT,
+    load_key,
+    record_event,
+    save_transcript,
+    suspect_target,
+)
+from tracemark.cli._output import emit
 
 
 def verify(
     key: Path = typer.Option(..., help="Watermark key file."),
-    model: Optional[Path] = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2 or a .pt state dict."),
-    url: Optional[str] = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint)."),
-    field: str = typer.Option("labels", help="With --url: dotted path of the answers in the JSON response."),
-    template: Optional[str] = typer.Option(None, help='With --url: JSON request body with "{{inputs}}" or "{{inputs_flat}}".'),
-    header: list[str] = typer.Option([], help="With --url: extra header 'Name: value' (repeatable)."),
-    api_key: Optional[str] = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token."),
-    budget: Optional[int] = typer.Option(None, help="With --url: most inputs to send."),
-    rate: Optional[float] = typer.Option(None, help="With --url: most requests per second."),
-    batch_size: int = typer.Option(32, help="Inputs per request."),
-    timeout: float = typer.Option(10.0, help="With --url: seconds per request."),
-    transcript: Optional[Path] = typer.Option(None, help="With --url: write every query and answer here (JSON)."),
+    model: Optional[Path] = MODEL_OPT,
+    url: Optional[str] = URL_OPT,
+    field: str = FIELD_OPT,
+    template: Optional[str] = TEMPLATE_OPT,
+    header: list[str] = HEADER_OPT,
+    api_key: Optional[str] = API_KEY_OPT,
+    budget: Optional[int] = BUDGET_OPT,
+    rate: Optional[float] = RATE_OPT,
+    batch_size: int = BATCH_OPT,
+    timeout: float = TIMEOUT_OPT,
+    transcript: Optional[Path] = TRANSCRIPT_OPT,
     reference: list[Path] = typer.Option([], help="Independently trained model file for an empirical null (repeatable)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate: call 'copy' only when p <= alpha."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many triggers."),
@@ -42,10 +59,7 @@ def verify(
         verdict = run_verify(wm_key, target, alpha=alpha, max_queries=max_queries, references=references,
                              batch_size=batch_size)
     finally:
-        if url is not None and transcript is not None:
-            target.save_transcript(transcript)  # type: ignore[union-attr]
-            if not as_json:
-                console.print(f"transcript of {len(target.transcript)} requests -> {transcript}")  # type: ignore[union-attr]
+        save_transcript(target, transcript, as_json)
     from tracemark.ledger import record_verification
 
     record_event(ledger, record_verification, verdict, transcript=transcript if url is not None else None, quiet=as_json)

@@ -7,40 +7,24 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import (
-    API_KEY_OPT,
-    BATCH_OPT,
-    BUDGET_OPT,
-    FIELD_OPT,
-    HEADER_OPT,
-    LEDGER_HELP,
-    MODEL_OPT,
-    RATE_OPT,
-    TEMPLATE_OPT,
-    TIMEOUT_OPT,
-    TRANSCRIPT_OPT,
-    URL_OPT,
-    load_key,
-    record_event,
-    save_transcript,
-    suspect_target,
-)
+from tracemark.cli import _options as suspect
+from tracemark.cli._options import LEDGER_HELP, load_key, record_event, save_transcript, suspect_target
 from tracemark.cli._output import emit
 
 
 def verify(
     key: Path = typer.Option(..., help="Watermark key file."),
-    model: Optional[Path] = MODEL_OPT,
-    url: Optional[str] = URL_OPT,
-    field: str = FIELD_OPT,
-    template: Optional[str] = TEMPLATE_OPT,
-    header: list[str] = HEADER_OPT,
-    api_key: Optional[str] = API_KEY_OPT,
-    budget: Optional[int] = BUDGET_OPT,
-    rate: Optional[float] = RATE_OPT,
-    batch_size: int = BATCH_OPT,
-    timeout: float = TIMEOUT_OPT,
-    transcript: Optional[Path] = TRANSCRIPT_OPT,
+    model: Optional[Path] = suspect.MODEL_OPT,
+    url: Optional[str] = suspect.URL_OPT,
+    field: str = suspect.FIELD_OPT,
+    template: Optional[str] = suspect.TEMPLATE_OPT,
+    header: list[str] = suspect.HEADER_OPT,
+    api_key: Optional[str] = suspect.API_KEY_OPT,
+    budget: Optional[int] = suspect.BUDGET_OPT,
+    rate: Optional[float] = suspect.RATE_OPT,
+    batch_size: int = suspect.BATCH_OPT,
+    timeout: float = suspect.TIMEOUT_OPT,
+    transcript: Optional[Path] = suspect.TRANSCRIPT_OPT,
     reference: list[Path] = typer.Option([], help="Independently trained model file for an empirical null (repeatable)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate: call 'copy' only when p <= alpha."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many triggers."),

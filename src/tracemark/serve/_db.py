@@ -26,7 +26,7 @@ class SqliteFile:
             raise ServeConfigError(f"synchronous must be one of {', '.join(SYNC_MODES)}, not {synchronous!r}")
         self.path = Path(path)
         self._schema = schema
-        self._sync = synchronous.upper()
+        self.synchronous = synchronous.upper()
         self._local = threading.local()
         if not self.path.parent.is_dir():
             raise ServeConfigError(f"cannot create {self.path}: directory {self.path.parent} does not exist")
@@ -40,7 +40,7 @@ class SqliteFile:
         try:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=not shared)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._sync}")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.executescript(self._schema)
         except sqlite3.DatabaseError as exc:

@@ -11,6 +11,8 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +92,7 @@ class Server:
         request_id = secrets.token_hex(8)
         try:
             self.audit.record(client, request_id, x, per_input, str(policy))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise AuditWriteError(f"the audit log cannot record this query ({exc}); it was not answered") from exc
         self.metrics.count("tracemark_queries_answered_total", len(x), client=client.name)
         return {"request_id": request_id, "model": self.model.model_id, "policy": policy.to_dict(), **body}
@@ -236,7 +238,13 @@ def create_app(
         metrics=metrics,
         hook=hook if hook is not None else _extraction_hook(config),
     )
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        audit.close()  # import the last journaled audit rows
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tracemark protected prediction API",
         version="1",
         description="Answers classification queries for authorised clients, within their output policy and rate; every query is audited.",

@@ -5,6 +5,11 @@ SHA-256 of the input (little-endian float32, C order: ``tracemark.targets.http.i
 of that one input) and of the whole batch (what an HttpTarget transcript records), the output
 policy and the exact answer returned. Rows are written before the answer is sent; if they
 cannot be written, the query is not answered.
+
+Rows are first appended to a journal (:mod:`tracemark.serve.journal`: one ``write`` per request,
+as durable as a SQLite commit in WAL mode) and reach the SQLite table within
+``JOURNAL_INTERVAL_S``. Readers in the serving process see every row at once; readers in other
+processes see the rows of live servers up to that interval late.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,11 +32,14 @@ from tracemark._util.files import atomic_write_bytes
 from tracemark.serve._db import SqliteFile
 from tracemark.serve.clients import Client, utc_now
 from tracemark.serve.errors import ServeConfigError
+from tracemark.serve.journal import IMPORTED_SCHEMA, Journal
 
 EXPORT_FORMAT = "tracemark-serve-audit"
 EXPORT_VERSION = 1
 PURGE_INTERVAL_S = 3600.0
-"""How often (at most) the write path deletes rows older than the retention period."""
+"""How often (at most) the journal's importer deletes rows older than the retention period."""
+JOURNAL_INTERVAL_S = 0.1
+"""How often the serving process moves its journaled rows into the SQLite table."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -47,21 +54,12 @@ CREATE TABLE IF NOT EXISTS queries (
     policy TEXT NOT NULL,
     answer TEXT NOT NULL
 );
-"""
+""" + IMPORTED_SCHEMA
 # No secondary indexes: each would cost every answered query an index update, while only exports
 # and the hourly purge filter by time or client (and scan).
 _INSERT = ("INSERT INTO queries (time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = "id, time, client_id, client_name, request_id, batch_index, input_sha256, batch_sha256, policy, answer"
-
-
-@dataclass
-class _Pending:
-    """One request's rows waiting for a group commit, and how that commit ended."""
-
-    rows: list[tuple[Any, ...]]
-    done: bool = False
-    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -116,21 +114,18 @@ class AuditLog:
     """The SQLite audit log (WAL). ``retention_days`` (None: keep forever) bounds how long rows are kept.
 
     ``synchronous="NORMAL"`` survives a crash of the server; ``"FULL"`` also a power cut, at one
-    fsync per request.
+    fsync per request. Call :meth:`close` at shutdown (the server does) to import the last rows.
     """
 
-    def __init__(self, path: str | os.PathLike[str], retention_days: float | None = None, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | os.PathLike[str], retention_days: float | None = None, synchronous: str = "NORMAL",
+                 journal_interval: float = JOURNAL_INTERVAL_S) -> None:
         if retention_days is not None and not retention_days > 0:
             raise ServeConfigError(f"retention must be a positive number of days, not {retention_days}")
         self.db = SqliteFile(path, _SCHEMA, synchronous)
         self.retention_days = retention_days
         self._last_purge = float("-inf")
-        self._purge_lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
-        self._writer_conn: sqlite3.Connection | None = None
-        self._writer_pid = 0
+        self.journal = Journal(self.db.path, lambda: self.db.open(shared=True), _import_rows,
+                               fsync=self.db.synchronous == "FULL", interval=journal_interval, on_flush=self._maybe_purge)
 
     def record(self, client: Client, request_id: str, inputs: np.ndarray, answers: list[dict[str, Any]], policy: str) -> None:
         """Write one row per input (all or none), then purge expired rows if an interval has passed."""
@@ -142,45 +137,22 @@ class AuditLog:
              json.dumps(answer, separators=(",", ":")))
             for i, answer in enumerate(answers)
         ]
-        self._commit(_Pending(rows))
-        self._maybe_purge()
+        self.journal.append(rows)
 
-    def _commit(self, item: _Pending) -> None:
-        """Group commit: whichever waiting thread holds the commit lock writes every queued request in one
-        transaction, so concurrent requests share a commit instead of queueing on SQLite's busy sleep.
-        Each caller returns only once its own rows are committed (or raises the commit's error)."""
-        with self._queue_lock:
-            self._queue.append(item)
-        with self._commit_lock:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                error: Exception | None = None
-                try:
-                    with self.db.write(self._writer()) as conn:
-                        conn.executemany(_INSERT, [row for queued in batch for row in queued.rows])
-                except Exception as exc:  # every request in the batch fails with the commit's error
-                    error = exc
-                for queued in batch:
-                    queued.done, queued.error = True, error
-        if item.error is not None:
-            raise item.error
+    def flush(self) -> int:
+        """Move journaled rows into the table now (this process's, and those of servers that have stopped)."""
+        return self.journal.flush()
 
-    def _writer(self) -> sqlite3.Connection:
-        """This process's one write connection, used under the commit lock (its page cache stays warm)."""
-        if self._writer_conn is None or self._writer_pid != os.getpid():
-            self._writer_conn, self._writer_pid = self.db.open(shared=True), os.getpid()
-        return self._writer_conn
+    def close(self) -> None:
+        """Import the last journaled rows and stop the background importer."""
+        self.journal.close()
 
     def _maybe_purge(self) -> None:
+        """Purge expired rows if an interval has passed (called by the journal's importer)."""
         if self.retention_days is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:
             return
-        if self._purge_lock.acquire(blocking=False):
-            try:
-                self._last_purge = time.monotonic()
-                self.purge()
-            finally:
-                self._purge_lock.release()
+        self._last_purge = time.monotonic()
+        self.purge()
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete rows older than the retention period; returns how many went."""
@@ -200,12 +172,14 @@ class AuditLog:
 
     def count(self, since: datetime | str | None = None, until: datetime | str | None = None, client_id: str | None = None) -> int:
         """Rows in the log (optionally in a time window, for one client)."""
+        self.flush()
         where, args = self._where(since, until, client_id)
         return int(self.db.connection().execute(f"SELECT count(*) FROM queries{where}", args).fetchone()[0])
 
     def records(self, since: datetime | str | None = None, until: datetime | str | None = None,
                 client_id: str | None = None) -> Iterator[AuditRecord]:
         """Rows in id order (optionally in ``[since, until)``, for one client)."""
+        self.flush()
         where, args = self._where(since, until, client_id)
         for row in self.db.connection().execute(f"SELECT {_COLUMNS} FROM queries{where} ORDER BY id", args):
             yield AuditRecord(*row[:9], answer=json.loads(row[9]))
@@ -233,6 +207,10 @@ class AuditLog:
         path = atomic_write_bytes(out, data, mode=0o600)
         first, last = (records[0]["time"], records[-1]["time"]) if records else (None, None)
         return AuditExport(str(path), len(records), hashlib.sha256(data).hexdigest(), first, last)
+
+
+def _import_rows(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+    conn.executemany(_INSERT, rows)
 
 
 __all__ = ["AuditLog", "AuditRecord", "AuditExport", "EXPORT_FORMAT"]

@@ -1,14 +1,15 @@
 """Protected serving vs the same model behind a bare FastAPI endpoint, loopback, side by side.
 
-    python bench/serving.py [--models toy,mid,large] [--rounds 5] [--seconds 10] [--batch 1] [--connections 4] [--sustained 60]
+    python bench/serving.py [--models toy,mid,large] [--rounds 5] [--seconds 10] [--batch 1] [--connections 1,4] [--sustained 60]
 
 Three models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
 per-request costs dominate; *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms); and *large*,
 a 7.5M-parameter CNN on the same input (~5 ms). Each
 server is its own uvicorn process (one worker, one torch thread); `wrk` (Debian package `wrk`)
-drives it. Each round visits every (model, server) pair, alternating which server of a pair goes
-first, so that background load hits both alike; ratios are protected/bare per round, then the
-median. A final sustained run against the
+drives it with 1 connection (the latency one client sees on an idle server) and with 4 (a
+saturated worker, where latency is mostly queueing). Each round visits every (model, server,
+connections) triple, alternating which server of a pair goes first, so that background load hits
+both alike; ratios are protected/bare per round, then the median. A final sustained run against the
 protected server counts errors and checks that the audit log holds exactly one row per
 answered query. Prints a markdown table; --write puts it into docs/benchmarks.md.
 """
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--connections", default="1,4", help="Comma-separated wrk connection counts (one table row pair each).")
     parser.add_argument("--sustained", type=int, default=60)
     parser.add_argument("--write", action="store_true", help="Write the table into docs/benchmarks.md.")
     args = parser.parse_args()
@@ -180,6 +181,7 @@ def main() -> None:
     from tracemark.serve import AuditLog, ClientStore
 
     sizes = [m for m in args.models.split(",") if m]
+    conns = [int(c) for c in args.connections.split(",") if c]
     root = tempfile.mkdtemp(prefix="tracemark-bench-")
     dirs = {size: Path(root, size) for size in sizes}
     for d in dirs.values():
@@ -189,16 +191,18 @@ def main() -> None:
     bodies = {size: json.dumps({"inputs": rng.random((args.batch, *MODELS[size])).round(4).tolist()}) for size in sizes}
     servers = {(kind, size): start(kind, size, str(dirs[size])) for size in sizes for kind in ("bare", "protected")}
     try:
-        rows: dict[tuple[str, str], list[dict]] = {pair: [] for pair in servers}
+        rows: dict[tuple[str, str, int], list[dict]] = {(kind, size, c): [] for kind, size in servers for c in conns}
         for r in range(args.rounds):
             for size in sizes:
-                for kind in (("bare", "protected") if r % 2 == 0 else ("protected", "bare")):
-                    token = tokens[size] if kind == "protected" else None
-                    rows[kind, size].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, args.connections, root))
+                for c in conns:
+                    for kind in (("bare", "protected") if r % 2 == 0 else ("protected", "bare")):
+                        token = tokens[size] if kind == "protected" else None
+                        rows[kind, size, c].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, c, root))
         size = sizes[0]
         audit = AuditLog(dirs[size] / "audit.sqlite")
+        time.sleep(0.5)  # a live server's rows reach the table within its journal interval (0.1 s)
         before = audit.count()
-        sustained = wrk(servers["protected", size][1], bodies[size], tokens[size], args.sustained, args.connections, root)
+        sustained = wrk(servers["protected", size][1], bodies[size], tokens[size], args.sustained, max(conns), root)
         time.sleep(0.5)
         metrics = httpx.get(f"{servers['protected', size][1]}/metrics").text
         answered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -208,7 +212,7 @@ def main() -> None:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=10)
-    table = report(args, sizes, rows, sustained, before, rows_total, int(answered))
+    table = report(args, sizes, conns, rows, sustained, before, rows_total, int(answered))
     print(table)
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
@@ -218,13 +222,13 @@ def main() -> None:
         doc.write_text(text)
 
 
-def report(args, sizes: list[str], rows: dict[tuple[str, str], list[dict]], sustained: dict, before: int, rows_total: int,
-           answered: int) -> str:
-    def med(kind: str, size: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[kind, size])
+def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, int], list[dict]], sustained: dict, before: int,
+           rows_total: int, answered: int) -> str:
+    def med(kind: str, size: str, c: int, key: str) -> float:
+        return statistics.median(r[key] for r in rows[kind, size, c])
 
-    def ratio(size: str, key: str) -> float:
-        return statistics.median(p[key] / b[key] for p, b in zip(rows["protected", size], rows["bare", size]))
+    def ratio(size: str, c: int, key: str) -> float:
+        return statistics.median(p[key] / b[key] for p, b in zip(rows["protected", size, c], rows["bare", size, c]))
 
     errors = sum(r["non2xx"] + r["socket_errors"] for runs in rows.values() for r in runs)
     sustained_rows = rows_total - before
@@ -238,30 +242,32 @@ def report(args, sizes: list[str], rows: dict[tuple[str, str], list[dict]], sust
         f"--batch {args.batch} --connections {args.connections} --sustained {args.sustained} --write`; machine: {_machine()} "
         f"(shared with other work); date: {date.today().isoformat()}; Python {platform.python_version()}.",
         "",
-        f"`wrk -t1 -c{args.connections}` over loopback, POST of a batch of {args.batch} input(s) as JSON "
+        f"`wrk -t1` with {' and '.join(map(str, conns))} connection(s) over loopback, POST of a batch of {args.batch} input(s) as JSON "
         "(one uvicorn worker, one torch thread per server). *Bare*: the same model behind a plain FastAPI endpoint (parse, "
         "infer, labels). *Protected*: `tracemark.serve` — API key lookup (SQLite), body-size guard, shape/dtype/range/NaN "
-        "checks, token bucket, output policy, one audit row per input (SQLite WAL, synchronous=NORMAL, group commit), "
+        "checks, token bucket, output policy, one audit row per input (journal append per request, imported into SQLite WAL in batches), "
         f"metrics. Rounds of {args.seconds} s alternate bare/protected; ratios are protected ÷ bare per round, median over "
         f"{args.rounds} rounds. Bar: p50 ratio ≤ 1.10.",
         "",
-        "| model | server | p50 latency (ms) | p99 latency (ms) | throughput (req/s) |",
-        "|---|---|---|---|---|",
+        "| model | connections | server | p50 latency (ms) | p99 latency (ms) | throughput (req/s) |",
+        "|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        lines += [f"| {described.get(size, size)} | {kind} | {med(kind, size, 'p50') * 1e3:.2f} | {med(kind, size, 'p99') * 1e3:.2f} "
-                  f"| {med(kind, size, 'rps'):.0f} |" for kind in ("bare", "protected")]
-        lines.append(f"| | **protected ÷ bare** | **{ratio(size, 'p50'):.2f}×** | {ratio(size, 'p99'):.2f}× | {ratio(size, 'rps'):.2f}× |")
+        for c in conns:
+            lines += [f"| {described.get(size, size)} | {c} | {kind} | {med(kind, size, c, 'p50') * 1e3:.2f} | "
+                      f"{med(kind, size, c, 'p99') * 1e3:.2f} | {med(kind, size, c, 'rps'):.0f} |" for kind in ("bare", "protected")]
+            lines.append(f"| | | **protected ÷ bare** | **{ratio(size, c, 'p50'):.2f}×** | {ratio(size, c, 'p99'):.2f}× | "
+                         f"{ratio(size, c, 'rps'):.2f}× |")
     lines += ["", "Per-round p50 ratios: " + "; ".join(
-        f"{size}: " + ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected", size], rows["bare", size]))
-        for size in sizes) + f"; errors in the comparison runs: {errors}.", ""]
+        f"{size} ×{c}: " + ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected", size, c], rows["bare", size, c]))
+        for size in sizes for c in conns) + f"; errors in the comparison runs: {errors}.", ""]
     lines += [
         f"Sustained: {args.sustained} s against the protected {sizes[0]} server: {sustained['requests']} requests "
         f"({sustained['rps']:.0f}/s, p50 {sustained['p50'] * 1e3:.2f} ms, p99 {sustained['p99'] * 1e3:.2f} ms), "
         f"{sustained['non2xx']} non-2xx, {sustained['socket_errors']} socket errors. Audit log: {rows_total} rows in total = "
         f"{answered} queries the server answered ({'equal' if rows_total == answered else 'MISMATCH'}); "
         f"{sustained_rows} rows for the sustained run, wrk counted {sustained['requests'] * args.batch} answered queries "
-        f"(wrk stops without counting up to {args.connections} requests still in flight).",
+        f"(wrk stops without counting up to {max(conns)} requests still in flight).",
         "",
     ]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import tracemark as tm
 from tracemark.cli import fingerprint as fingerprint_cli
-from tracemark.fingerprint import Registry
+from tracemark.fingerprint import CodeGoalWarning, Registry
 from tracemark.ledger import Ledger, OwnerIdentity
 
 runner = CliRunner()
@@ -88,3 +88,16 @@ def test_fingerprint_then_trace(app, workdir):
 def test_trace_needs_one_suspect(app, workdir):
     r = runner.invoke(app, ["trace", "--key", str(workdir / "master.key"), "--registry", str(workdir / "r.sqlite")])
     assert r.exit_code != 0 and "exactly one of --model or --url" in r.output
+
+
+def test_fingerprint_exits_1_when_a_copy_misses_its_code_goal(app, workdir):
+    out = workdir / "short"
+    (workdir / "one.txt").write_text("hooli\n")
+    with pytest.warns(CodeGoalWarning, match="hooli"):
+        r = runner.invoke(app, ["fingerprint", "--key", str(workdir / "master.key"), "--model", str(workdir / "base.safetensors"),
+                                "--customers", str(workdir / "one.txt"), "--out", str(out), "--workers", "1",
+                                "--max-steps", "100", "--json"])
+    assert r.exit_code == 1, r.output
+    copy = json.loads(r.stdout)["copies"][0]
+    assert not copy["reached_goal"] and "kept the best one" in copy["note"]
+    assert (out / "hooli.safetensors").is_file() and Registry.open(out / "registry.sqlite").records()[0].model_sha256

@@ -139,3 +139,18 @@ def test_copies_need_a_sequential_model_with_a_linear_head(fingerprinted, models
     with pytest.raises(FingerprintError, match="nn.Sequential"):
         mark_customer(Wrapped(models.base), fingerprinted.scheme, "acme", models.data)
     assert tm.trace is trace and tm.FingerprintScheme is type(fingerprinted.scheme)
+
+
+def test_a_copy_that_misses_its_code_goal_keeps_the_clean_budget_and_warns(fingerprinted, models):
+    from tracemark.fingerprint import CodeGoalWarning, TrainSettings, mark_customer
+
+    # the defaults ask 90% of the cells within 0.3 points (one image of the 360): digits cannot give that
+    settings = TrainSettings()
+    with pytest.warns(CodeGoalWarning, match="hooli.*kept the best one"):
+        model, report = mark_customer(models.base, fingerprinted.scheme, "hooli", models.data, settings=settings)
+    assert not report.reached_goal and "DID NOT reach its goal" in str(report) and "kept the best one" in report.note
+    # the digits test set is the validation set here, so the budget holds on it exactly
+    assert report.clean_accuracy_after >= report.clean_accuracy_before - settings.max_clean_drop
+    assert report.code_accuracy == pytest.approx(code_accuracy(model, fingerprinted.scheme, "hooli"))
+    assert report.code_accuracy > 0.3  # what it kept is still ample evidence
+    assert trace(fingerprinted.scheme, CUSTOMERS, tm.TorchTarget(model)).accused == ["hooli"]

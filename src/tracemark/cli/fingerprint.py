@@ -34,7 +34,7 @@ def fingerprint(
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Make one marked copy of a base model per customer, each carrying its own code."""
+    """Make one marked copy of a base model per customer, each carrying its own code (exit code 1 if a copy missed its code goal)."""
     import torch
 
     from tracemark.data import load_dataset, load_model
@@ -88,6 +88,8 @@ def fingerprint(
     if not as_json:
         console.print(f"registry: {reg}")
     emit(result, as_json)
+    if not all(c.reached_goal for c in result.copies):
+        raise typer.Exit(1)  # every copy is written and registered, within the clean budget, but some carry less code
 
 
 def _packer(vendor_key: Path, days: int, passphrase_env: Optional[str], out: Path):

@@ -9,6 +9,7 @@ See docs/guide/tracing.md. In short::
 
 from tracemark.fingerprint.codes import FingerprintScheme, QuerySet
 from tracemark.fingerprint.errors import (
+    CodeGoalWarning,
     CustomersFileError,
     DuplicateCustomerError,
     FingerprintError,
@@ -29,6 +30,7 @@ from tracemark.fingerprint.registry import CustomerRecord, Registry, read_custom
 from tracemark.fingerprint.trace import CustomerScore, TraceResult, score_answers, trace
 
 __all__ = [
+    "CodeGoalWarning",
     "CopyReport",
     "CustomerRecord",
     "CustomerScore",

@@ -23,3 +23,7 @@ class DuplicateCustomerError(RegistryError):
 
 class RegistryKeyMismatchError(RegistryError):
     """The registry was made with a different master key or scheme than the one given."""
+
+
+class CodeGoalWarning(UserWarning):
+    """A customer copy did not reach its code goal within the clean-accuracy budget (it keeps less of the code)."""

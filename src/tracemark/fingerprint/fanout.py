@@ -6,6 +6,7 @@ import copy
 import hashlib
 import multiprocessing
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from tracemark._progress import progress_bar
 from tracemark.data.datasets import ImageData
 from tracemark.errors import ShapeMismatchError
 from tracemark.fingerprint.codes import FingerprintScheme, unique_ids
-from tracemark.fingerprint.errors import FingerprintError
+from tracemark.fingerprint.errors import CodeGoalWarning, FingerprintError
 from tracemark.training import accuracy
 
 
@@ -36,7 +37,10 @@ class TrainSettings:
     base's answers. A fine-tune stops once ``target_code_accuracy`` of the tracing queries
     carry the code and clean accuracy on the first ``validation_size`` test images is at
     most ``max_clean_drop`` below the base's (checked every ``eval_every`` steps, from
-    ``min_steps`` on), or after ``max_steps``.
+    ``min_steps`` on), or after ``max_steps``. A copy that misses the code goal keeps the
+    checkpoint with the most code among those within the clean budget (the budget is never
+    exceeded on the validation images) and is reported with ``reached_goal=False`` and a
+    :class:`CodeGoalWarning`.
     """
 
     lr: float = 1e-3
@@ -68,13 +72,14 @@ class CopyReport:
     reached_goal: bool
     model_path: str = ""
     model_sha256: str = ""
+    note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
         change = 100 * (self.clean_accuracy_after - self.clean_accuracy_before)
-        flag = "" if self.reached_goal else "  (DID NOT reach its goal)"
+        flag = "" if self.reached_goal else f"  (DID NOT reach its goal: {self.note})"
         return (f"{self.customer}: clean {100 * self.clean_accuracy_after:.2f}% ({change:+.2f} pts), code "
                 f"{100 * self.code_accuracy:.0f}%, {self.steps} steps, {self.seconds:.1f} s{flag}")
 
@@ -221,7 +226,8 @@ def mark_customer(base: nn.Module, scheme: FingerprintScheme, customer_id: str, 
         val_acc = float((head(cache.validation).argmax(1) == cache.validation_labels).float().mean())
         return code_acc, val_acc
 
-    _, val_before = check()
+    best_code, val_before = check()
+    best_state = copy.deepcopy(head.state_dict())
     steps, reached = 0, False
     with progress_bar(settings.max_steps, f"marking {customer_id}", enabled=show_progress) as advance:
         while steps < settings.max_steps:
@@ -240,16 +246,26 @@ def mark_customer(base: nn.Module, scheme: FingerprintScheme, customer_id: str, 
             optimiser.step()
             steps += 1
             advance()
-            if steps % settings.eval_every == 0 and steps >= settings.min_steps:
+            if steps % settings.eval_every == 0 or steps == settings.max_steps:
                 code_acc, val_acc = check()
-                if code_acc >= settings.target_code_accuracy and val_before - val_acc <= settings.max_clean_drop:
+                within = val_before - val_acc <= settings.max_clean_drop
+                if within and code_acc >= settings.target_code_accuracy and steps >= settings.min_steps:
                     reached = True
                     break
+                if within and code_acc > best_code:
+                    best_code, best_state = code_acc, copy.deepcopy(head.state_dict())
+    note = ""
+    if not reached:
+        head.load_state_dict(best_state)
+        note = (f"after {steps} steps no checkpoint had {settings.target_code_accuracy:.0%} of the queries carrying the code "
+                f"within the clean budget ({100 * settings.max_clean_drop:.2f} points); kept the best one within it "
+                f"({best_code:.0%} of the queries); try more steps, a higher learning rate or a lower code goal")
+        warnings.warn(f"customer {customer_id}: {note}", CodeGoalWarning, stacklevel=2)
     model.eval()
     code_acc, _ = check()
     report = CopyReport(customer_id, scheme.code_commitment(customer_id), cache.base_accuracy,
                         accuracy(model, data.x_test, data.y_test), code_acc, steps, steps * settings.batch_size,
-                        time.perf_counter() - start, reached)
+                        time.perf_counter() - start, reached, note=note)
     return model, report
 
 

@@ -36,6 +36,7 @@ IMPORTED_SCHEMA = "CREATE TABLE IF NOT EXISTS journal_imported (segment TEXT PRI
 """Names of the journal segments already imported (written in the same transaction as their rows)."""
 
 FORGET_EVERY_S = 600.0
+ABANDONED_AFTER_S = 60.0
 Importer = Callable[[sqlite3.Connection, list[list[Any]]], None]
 
 
@@ -48,13 +49,16 @@ class _Segment:
     size: int = 0
 
 
-def _lockable(path: Path) -> bool:
-    """Whether no process holds ``path``'s lock (its writer has gone)."""
+def _abandoned(path: Path) -> bool:
+    """Whether an unnamed segment was left by a writer that died: over a minute old (a live writer names
+    it microseconds after creating it, and may not have locked it yet) and not locked."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
+        if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER_S:
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
@@ -172,8 +176,8 @@ class Journal:
         """Import segments whose writer has let go of them (finished, or died); this process's own
         segments stay locked by their write descriptors, so they are skipped here."""
         imported = 0
-        for path in sorted(self.dir.glob("*.new")):  # died between creating and naming a segment: holds no rows
-            if _lockable(path):
+        for path in sorted(self.dir.glob("*.new")):  # a writer died between creating and naming a segment: no rows
+            if _abandoned(path):
                 path.unlink(missing_ok=True)
         for path in sorted(self.dir.glob(f"*{SUFFIX}")):
             try:

@@ -1,10 +1,10 @@
 """Extraction resistance on real MNIST / Fashion-MNIST: ART's thieves against the real HTTP server.
 
-One protected server (response marking at the default rate, stealing monitor at default thresholds) serves
-the victim on loopback. Every thief and honest client is its own API client; "without marking" clients have
+One protected server per victim (response marking at the default rate with a marking profile calibrated on
+the victim's training images, stealing monitor at default thresholds) serves the victim on loopback. Every thief and honest client is its own API client; "without marking" clients have
 their marking rate set to 0, so both columns come from the same server, model and query pools. ART's
 CopycatCNN / KnockoffNets query through a BlackBoxClassifier over ``HttpTarget``; each clone is then checked
-against every client's marked answers (``check_clone``), once with its scores (runner-up test) and once with
+against every client's marked answers (``check_clone``), once with its scores (rank test) and once with
 labels only (label test). Honest clients ask natural in-domain images.
 
     nice -n 10 .venv/bin/python bench/extraction.py            # full run → docs/benchmarks.md
@@ -35,7 +35,8 @@ from _common import ROOT, machine, trained_model, write_section
 from tracemark.attacks import ArtExtract, ThiefData
 from tracemark.extraction import MonitorSettings, ResponseStore, check_clone
 from tracemark.extraction.marking import ENV_SECRET
-from tracemark.extraction.settings import DEFAULT_RATE
+from tracemark.extraction.profile import MarkingProfile
+from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_RATE
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve import ServeConfig, create_app, from_module
 from tracemark.targets.base import Answers, Target
@@ -50,6 +51,8 @@ ATTACKS = {
     "copycat-label-ood-rev": ("fashion-mnist", "copycat", "label", "ood"),
 }
 OUT = ROOT / "bench" / "out" / "extraction.json"
+EXTRA_RUNS = "extraction-extra-*.json"
+"""Further runs (other rates or profiles) shown under the main table: ``--out bench/out/extraction-extra-NAME.json``."""
 MONITOR_OUT = ROOT / "bench" / "out" / "extraction-monitor.json"
 
 
@@ -103,6 +106,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="thief training epochs (ART's default is 10)")
     parser.add_argument("--victim-epochs", type=int, default=5)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="marking rate")
+    parser.add_argument("--boost", type=float, default=DEFAULT_BOOST, help="marking profile's boost of unusual inputs (1: uniform rate)")
+    parser.add_argument("--no-honest", action="store_true", help="skip the honest clients")
     parser.add_argument("--no-unmarked", action="store_true", help="skip the without-marking thieves")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--out", type=Path, default=OUT, help="where the rows go (JSON)")
@@ -120,7 +125,8 @@ def main() -> None:
         return
     if args.render_only:
         saved = json.loads(OUT.read_text())
-        write_section("extraction", render(saved["rows"], argparse.Namespace(**saved["args"]), saved["seconds"], saved["machine"]))
+        write_section("extraction", render(saved["rows"], argparse.Namespace(**saved["args"]), saved["profiles"], saved["seconds"],
+                                           saved["machine"]))
         return
     torch.set_num_threads(1)
     started = time.time()
@@ -132,7 +138,11 @@ def main() -> None:
     monitor = MonitorSettings()
     stores: dict[str, ResponseStore] = {}
     clones: list[tuple[dict[str, Any], torch.nn.Module, tm.ImageData]] = []
+    profiles: dict[str, MarkingProfile] = {}
     for vname, (victim, data, pool, pool_y) in victims.items():
+        # the operator's calibration: the victim's own training images, seed 0
+        profiles[vname] = MarkingProfile.calibrate(data.x_train[:VICTIM_TRAIN], boost=args.boost, seed=0)
+        ResponseStore(work / f"{vname}-responses.sqlite").set_profile(profiles[vname])
         config = ServeConfig(model="in-memory", clients_db=str(work / f"{vname}-clients.sqlite"), audit_db=str(work / f"{vname}-audit.sqlite"),
                              responses_db=str(work / f"{vname}-responses.sqlite"), marking=True,
                              marking_rate=args.rate, monitor=monitor, rate=1e9, burst=1e9, max_batch=256, max_body_bytes=64 << 20,
@@ -156,15 +166,16 @@ def main() -> None:
             # honest clients: natural in-domain images (test set, then held-out), label output
             natural = np.concatenate([data.x_test, pool])
             natural_y = np.concatenate([data.y_test, pool_y])
-            for budget in args.budgets if vname == "mnist" else []:
+            for budget in [] if args.no_honest else args.budgets:
                 idx = np.random.default_rng(budget).permutation(len(natural))[:budget]
                 for marked in (True, False):
                     name = f"honest-{budget}-{'m' if marked else 'u'}"
                     target = tm.HttpTarget(f"{url}/v1/predict", api_key=client(name, marked), batch_size=32, num_classes=10, timeout=60)
                     served = ask(target, natural[idx])
                     own = ask(tm.TorchTarget(victim), natural[idx])
+                    unusual = profiles[vname].scores(natural[idx]) > profiles[vname].threshold
                     rows.append({"victim": vname, "who": "honest", "budget": budget, "marking": marked,
-                                 "altered": float((served != own).mean()),
+                                 "altered": float((served != own).mean()), "unusual": float(unusual.mean()),
                                  "accuracy_served": float((served == natural_y[idx]).mean()),
                                  "accuracy_model": float((own == natural_y[idx]).mean()),
                                  "alerts": first_alert(name), "victim_accuracy": victim_acc})
@@ -203,6 +214,7 @@ def main() -> None:
             "clients_tested": len(soft.clients),
             "named": soft.named.client_name if soft.named else None, "p": soft.clients[0].p_adjusted, "margin": soft.margin,
             "own_marked": own.marked if own else 0, "own_matches": own.matches if own else 0,
+            "own_rank_sum": own.rank_sum if own else None,
             "own_p": own.p_adjusted if own else None,
             "named_label": hard.named.client_name if hard.named else None, "p_label": hard.clients[0].p_adjusted,
             "own_label_matches": own_hard.label_matches if own_hard else 0, "own_disagreed": own_hard.disagreed if own_hard else 0,
@@ -212,9 +224,11 @@ def main() -> None:
     shutil.rmtree(work)  # stores and client keys of this run: nothing to keep once attributed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"machine": machine(), "args": saved_args, "rows": rows, "seconds": time.time() - started}, indent=1))
+    saved_profiles = {name: p.summary(args.rate) for name, p in profiles.items()}
+    args.out.write_text(json.dumps({"machine": machine(), "args": saved_args, "profiles": saved_profiles, "rows": rows,
+                                    "seconds": time.time() - started}, indent=1))
     if not args.no_write:
-        write_section("extraction", render(rows, args, time.time() - started, machine()))
+        write_section("extraction", render(rows, args, saved_profiles, time.time() - started, machine()))
     print(f"done in {time.time() - started:.0f} s; rows in {args.out}")
 
 
@@ -255,8 +269,41 @@ def _p(p: float | None) -> str:
     return "—" if p is None else (f"{p:.1e}" if p < 0.01 else f"{p:.2f}")
 
 
-def render(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float, where: str) -> str:
+def _named(r: dict[str, Any]) -> str:
+    def who(name: str | None) -> str:
+        return "none" if name is None else ("own client" if name == r["client"] else f"WRONG ({name})")
+
+    named = who(r.get("named"))
+    if r.get("named_label") != r.get("named"):
+        named += f" (labels: {who(r.get('named_label'))})"
+    return named
+
+
+def _marks(r: dict[str, Any]) -> str:
+    return (f"{r.get('own_matches', 0)}/{r.get('own_marked', 0)}, rank sum {r.get('own_rank_sum')} "
+            f"(labels {r.get('own_label_matches', 0)}/{r.get('own_disagreed', 0)})")
+
+
+def _bars(rows: list[dict[str, Any]]) -> str:
+    honest = [r for r in rows if r["who"] == "honest" and r["marking"]]
+    big = [r for r in rows if r["who"] != "honest" and r["marking"] and r["budget"] >= 5000]
+    named = [r for r in big if r.get("named") == r["client"] and (r.get("own_p") or 1) <= 1e-6]
+    missed = [f"{r['who']} {r['budget']:,} (p {_p(r.get('own_p'))})" for r in big if r not in named]
+    wrong = [r for r in rows if r["who"] != "honest" and r.get("named") not in (None, r["client"])]
+    text = ""
+    if honest:
+        text = (f"honest answers altered at most {100 * max(r['altered'] for r in honest):.2f}% (bar ≤ 0.5%), honest accuracy drop "
+                f"at most {max(100 * (r['accuracy_model'] - r['accuracy_served']) for r in honest):.2f} points (bar ≤ 0.5); ")
+    return (text + f"clones from ≥ 5,000 answers named at p ≤ 1e-6: {len(named)} of {len(big)}"
+            + (f" (missed: {', '.join(missed)})" if missed else "") + f"; a wrong client named: {len(wrong)} times "
+            f"(of {sum(1 for r in rows if r['who'] != 'honest')} clones, marked and unmarked)")
+
+
+def render(rows: list[dict[str, Any]], args: argparse.Namespace, profiles: dict[str, dict[str, Any]], seconds: float, where: str) -> str:
     """The benchmarks.md section."""
+    split = "; ".join(f"{name}: typical {100 * p['typical_rate']:.3g}%, unusual {100 * p['unusual_rate']:.3g}%"
+                      for name, p in sorted(profiles.items()))
+    boost = next(iter(profiles.values()))["boost"] if profiles else 1.0
     lines = [
         "## Extraction resistance (response marking, clone attribution, stealing monitor)",
         "",
@@ -264,10 +311,13 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
         f"first {VICTIM_TRAIN:,} training images; thief pool in-domain = the other 20,000 (held out), out-of-domain = 20,000 "
         "Fashion-MNIST images against the MNIST victim, and MNIST against the Fashion-MNIST victim. Thieves: IBM ART 1.20 "
         f"`CopycatCNN` / `KnockoffNets` (random sampling), `small_cnn`, {args.epochs} epochs, querying the real server over loopback "
-        f"HTTP. Marking rate {args.rate:g} (default). Monitor at default thresholds (PRADA W < 0.90, > 10,000 queries/day, "
-        "class-mix TV > 0.5). Attribution: every client with marks is tested (Bonferroni over all of them; 'own p' is the "
-        "thief's own client); p from the runner-up test on the clone's scores, 'label p' from its labels only. "
-        "Without marking, the same thief is a client whose marking rate is 0.",
+        f"HTTP. Marking rate {args.rate:g} (default) with a marking profile (boost {boost:g}, 2% of in-distribution inputs "
+        f"unusual; calibrated on the victim's training images, seed 0: {split}). Monitor at default thresholds (PRADA W < 0.90, "
+        "> 10,000 queries/day, class-mix TV > 0.5). Attribution: every client with marks is tested (Bonferroni over all of them; "
+        "'own p' is the thief's own client); p from the rank test on the clone's scores, 'label p' from its labels only. "
+        "'Own marks reproduced': served labels the clone ranks first among the other classes / marks, the rank sum "
+        "(null mean 4 per mark), and label agreements / answers off the model's label. Without marking, the same thief "
+        "is a client whose marking rate is 0. Honest rows: 'unusual' is the share of the client's queries above the profile's threshold.",
         "",
         "| victim | client | budget | marking | clone acc / victim | answers altered | own marks reproduced | own p (scores) | own p (labels) | client named | monitor alert (signal@queries) |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|",
@@ -275,35 +325,22 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
     for r in rows:
         if r["who"] == "honest":
             drop = 100 * (r["accuracy_model"] - r["accuracy_served"])
-            lines.append(f"| {r['victim']} | honest (natural images) | {r['budget']:,} | {'on' if r['marking'] else 'off'} | "
-                         f"served acc {100 * r['accuracy_served']:.2f}% (−{drop:.2f} pt) | {100 * r['altered']:.2f}% | — | — | — | — | {r['alerts']} |")
+            lines.append(f"| {r['victim']} | honest (natural images; {100 * r['unusual']:.1f}% unusual) | {r['budget']:,} | "
+                         f"{'on' if r['marking'] else 'off'} | served acc {100 * r['accuracy_served']:.2f}% (−{drop:.2f} pt) | "
+                         f"{100 * r['altered']:.2f}% | — | — | — | — | {r['alerts']} |")
             continue
-        def who(name: str | None) -> str:
-            return "none" if name is None else ("own client" if name == r["client"] else f"WRONG ({name})")
-
-        named = who(r.get("named"))
-        if r.get("named_label") != r.get("named"):
-            named += f" (labels: {who(r.get('named_label'))})"
-        marks = f"{r.get('own_matches', 0)}/{r.get('own_marked', 0)} (labels {r.get('own_label_matches', 0)}/{r.get('own_disagreed', 0)})" if r["marking"] else "—"
+        marks = _marks(r) if r["marking"] else "—"
         lines.append(f"| {r['victim']} | {r['who']} | {r['budget']:,} | {'on' if r['marking'] else 'off'} | {r['fraction']:.3f} | "
                      f"{100 * r.get('own_marked', 0) / r['queries']:.2f}% | {marks} | {_p(r.get('own_p')) if r['marking'] else '—'} | "
-                     f"{_p(r.get('own_p_label')) if r['marking'] else '—'} | {named} | {r['alerts']} |")
-    honest = [r for r in rows if r["who"] == "honest" and r["marking"]]
-    big = [r for r in rows if r["who"] != "honest" and r["marking"] and r["budget"] >= 5000]
-    named = [r for r in big if r.get("named") == r["client"] and (r.get("own_p") or 1) <= 1e-6]
-    missed = [f"{r['who']} {r['budget']:,} (p {_p(r.get('own_p'))})" for r in big if r not in named]
-    wrong = [r for r in rows if r["who"] != "honest" and r.get("named") not in (None, r["client"])]
-    if honest:
-        lines += ["", f"Against issue 7's bars: honest answers altered at most {100 * max(r['altered'] for r in honest):.2f}% (bar ≤ 0.5%), "
-                  f"honest accuracy drop at most {max(100 * (r['accuracy_model'] - r['accuracy_served']) for r in honest):.2f} points (bar ≤ 0.5); "
-                  f"clones from ≥ 5,000 answers named at p ≤ 1e-6: {len(named)} of {len(big)}"
-                  + (f" (missed: {', '.join(missed)})" if missed else "") + f"; a wrong client named: {len(wrong)} times "
-                  f"(of {sum(1 for r in rows if r['who'] != 'honest')} clones, marked and unmarked)."]
-    for extra in sorted(OUT.parent.glob("extraction-r*.json")):
+                     f"{_p(r.get('own_p_label')) if r['marking'] else '—'} | {_named(r)} | {r['alerts']} |")
+    lines += ["", f"Against issue 7's bars: {_bars(rows)}."]
+    for extra in sorted(OUT.parent.glob(EXTRA_RUNS)):
         doc = json.loads(extra.read_text())
-        rate = doc["args"]["rate"]
-        lines += ["", f"Same thieves at marking rate {rate:g} (`--rate {rate:g} --budgets {' '.join(map(str, doc['args']['budgets']))} "
-                  f"--no-unmarked --out {extra.relative_to(ROOT)}`; a separate server, so Bonferroni over fewer clients):", "",
+        a = doc["args"]
+        lines += ["", f"Same thieves at marking rate {a['rate']:g}, boost {a['boost']:g} (`--rate {a['rate']:g} --boost {a['boost']:g} "
+                  f"--budgets {' '.join(map(str, a['budgets']))} --attacks {' '.join(a['attacks'])} --no-unmarked"
+                  f"{' --no-honest' if a.get('no_honest') else ''} --out {extra.relative_to(ROOT)}`; a separate server and marking "
+                  f"secret, so other marks and Bonferroni over fewer clients): {_bars(doc['rows'])}.", "",
                   "| victim | client | budget | clone acc / victim | answers altered | own marks reproduced | own p (scores) | own p (labels) | client named |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in doc["rows"]:
@@ -312,10 +349,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
                     drop = 100 * (r["accuracy_model"] - r["accuracy_served"])
                     lines.append(f"| {r['victim']} | honest | {r['budget']:,} | served acc −{drop:.2f} pt | {100 * r['altered']:.2f}% | — | — | — | — |")
                 continue
-            named = "none" if r.get("named") is None else ("own client" if r["named"] == r["client"] else f"WRONG ({r['named']})")
             lines.append(f"| {r['victim']} | {r['who']} | {r['budget']:,} | {r['fraction']:.3f} | {100 * r['own_marked'] / r['queries']:.2f}% | "
-                         f"{r['own_matches']}/{r['own_marked']} (labels {r['own_label_matches']}/{r['own_disagreed']}) | {_p(r['own_p'])} | "
-                         f"{_p(r['own_p_label'])} | {named} (of {r['clients_tested']}) |")
+                         f"{_marks(r)} | {_p(r['own_p'])} | {_p(r['own_p_label'])} | {_named(r)} (of {r['clients_tested']}) |")
     if MONITOR_OUT.is_file():
         m = json.loads(MONITOR_OUT.read_text())
         lines += ["", f"Monitor false-alarm rate (`--monitor-only {m['streams']}`, default thresholds, streams of {m['length']:,} queries "

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tracemark.extraction import MarkingSecret, MonitorSettings, ResponseStore
+from tracemark.extraction import DEFAULT_RATE, MarkingSecret, MonitorSettings, ResponseStore
+from tracemark.extraction.settings import DEFAULT_BOOST
 from tracemark.extraction.serving import HookChain, hook_from_config
 from tracemark.serve import ClientStore, ServeConfig
 
@@ -58,3 +59,17 @@ def test_serve_config_round_trips_and_builds_the_hooks(tmp_path: Path, monkeypat
     hook = hook_from_config(config)
     assert isinstance(hook, HookChain) and [type(h).__name__ for h in hook.hooks] == ["StealingMonitor", "ResponseMarker"]
     assert hook_from_config(ServeConfig(model="m")) is None
+
+
+def test_calibrate_command_keeps_a_seeded_profile_in_the_store(tmp_path: Path) -> None:
+    runner, app = CliRunner(), _app()
+    common = ["responses", "calibrate", "--data", "digits", "--components", "10", "--unusual-share", "0.05",
+              "--responses-db", str(tmp_path / "r.sqlite"), "--json"]
+    made = runner.invoke(app, common)
+    assert made.exit_code == 0, made.output
+    doc = json.loads(made.stdout)
+    profile = ResponseStore(tmp_path / "r.sqlite").profile()
+    assert profile is not None and doc["sha256"] == profile.sha256 and doc["seed"] == 0 and doc["boost"] == DEFAULT_BOOST
+    assert doc["unusual_rate"] == pytest.approx(DEFAULT_BOOST * doc["typical_rate"]) and doc["typical_rate"] < doc["rate"] == DEFAULT_RATE
+    again = runner.invoke(app, common)
+    assert json.loads(again.stdout)["sha256"] == doc["sha256"]  # same data, same seed: the same profile

@@ -10,6 +10,7 @@ import typer
 
 from tracemark.cli._options import API_KEY_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT, suspect_target
 from tracemark.cli._output import emit, error_console
+from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_RATE, DEFAULT_UNUSUAL_SHARE
 
 RESPONSES_DB_OPT = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
                                 help="Store of marked responses (SQLite).")
@@ -93,6 +94,41 @@ def rate(client: str = typer.Argument(..., help="Client name or id."),
             raise typer.BadParameter(f"{value!r} is not a fraction or 'default'", param_hint="VALUE") from exc
     ResponseStore(responses_db).set_rate(record, fraction)
     emit(RateSet(record.name, fraction), as_json)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    store: Path
+    summary: dict
+    rate: float
+
+    def to_dict(self) -> dict:
+        return {"responses_db": str(self.store), "rate": self.rate, **self.summary}
+
+    def __str__(self) -> str:
+        s = self.summary
+        return (f"marking profile {s['sha256'][:16]} -> {self.store}: {100 * s['unusual_share']:g}% of in-distribution inputs "
+                f"count as unusual; at rate {self.rate:g} typical inputs are marked at {s['typical_rate']:.4g}, unusual ones "
+                f"at {s['unusual_rate']:.4g} (restart servers to use it)")
+
+
+@responses_app.command("calibrate")
+def calibrate(data: str = typer.Option(..., "--data", help="In-distribution images: a dataset name or an .npz (its training split is used)."),
+              unusual_share: float = typer.Option(DEFAULT_UNUSUAL_SHARE, help="Share of in-distribution inputs to call unusual."),
+              boost: float = typer.Option(DEFAULT_BOOST, help="Mark unusual inputs this many times as often as typical ones (1: uniform)."),
+              components: int = typer.Option(DEFAULT_COMPONENTS, help="Principal components of the input model."),
+              seed: int = typer.Option(0, help="Seed of the fit / threshold split."),
+              rate: float = typer.Option(DEFAULT_RATE, help="Average rate to show the two rates for (the server's --marking-rate)."),
+              responses_db: Path = RESPONSES_DB_OPT, as_json: bool = JSON_OPT) -> None:
+    """Calibrate where marks go: unusual inputs (unlike DATA) are marked more often, typical ones less, same average."""
+    from tracemark.data.datasets import load_dataset
+    from tracemark.extraction.profile import MarkingProfile
+    from tracemark.extraction.store import ResponseStore
+
+    profile = MarkingProfile.calibrate(load_dataset(data).x_train, unusual_share=unusual_share, boost=boost,
+                                       components=components, seed=seed)
+    ResponseStore(responses_db).set_profile(profile)
+    emit(ProfileSet(responses_db, profile.summary(rate), rate), as_json)
 
 
 @responses_app.command("list")

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from tracemark.cli._output import emit, error_console
+from tracemark.extraction.settings import DEFAULT_RATE
 from tracemark.serve.errors import ServeConfigError
 
 CLIENTS_DB_OPT = typer.Option(Path("clients.sqlite"), "--clients-db", envvar="TRACEMARK_CLIENTS_DB", help="Client store (SQLite).")
@@ -115,7 +116,7 @@ def serve(
                                                           "docs/guide/extraction.md)."),
     marking_secret: Optional[Path] = typer.Option(None, "--marking-secret", help="Marking master secret file "
                                                   "(`tracemark responses secret`; default $TRACEMARK_MARKING_SECRET)."),
-    marking_rate: float = typer.Option(0.004, help="Default fraction of each client's inputs to mark."),
+    marking_rate: float = typer.Option(DEFAULT_RATE, help="Default fraction of each client's inputs to mark (with a marking profile: the average over in-distribution inputs)."),
     responses_db: Path = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
                                       help="Store of marked responses (the evidence; SQLite)."),
     monitor: bool = typer.Option(False, "--monitor", help="Watch each client's queries for stealing (PRADA, volume, class coverage)."),
@@ -171,7 +172,13 @@ def _announce(config, model_id: str) -> None:
     except ValueError:
         loopback = config.host == "localhost"
     if config.marking:
-        error_console.print(f"response marking on: default rate {config.marking_rate:g}, evidence in {config.responses_db}",
+        from tracemark.extraction.store import ResponseStore
+
+        profile = ResponseStore(config.responses_db).profile()
+        split = (f"; profile {profile.sha256[:16]}: typical inputs {profile.typical_rate(config.marking_rate):.3g}, unusual "
+                 f"{profile.unusual_rate(config.marking_rate):.3g}" if profile else
+                 "; no marking profile (uniform rate; `tracemark responses calibrate` marks unusual inputs more often)")
+        error_console.print(f"response marking on: default rate {config.marking_rate:g}{split}; evidence in {config.responses_db}",
                             highlight=False)
     if config.monitor is not None:
         error_console.print(f"stealing monitor on: alerts in {config.alerts_db or config.audit_db}", highlight=False)

@@ -1,7 +1,8 @@
 """Extraction resistance (capability 6): per-client response marking, clone attribution, a stealing monitor.
 
 * :class:`ResponseMarker` — an answer hook of the server: a keyed, input-determined wrong label for a
-  small fraction of each client's inputs (DAWN), kept as evidence in a :class:`ResponseStore`.
+  small fraction of each client's inputs (DAWN), kept as evidence in a :class:`ResponseStore`; a
+  :class:`MarkingProfile` marks inputs unlike the model's own data more often than typical ones.
 * :func:`check_clone` — ask a suspect (model, file or URL) each client's marked inputs and name the
   client whose answers it learned from, with an exact p-value.
 * :class:`StealingMonitor` — PRADA, volume and class-coverage signals per client; alerts in SQLite and
@@ -21,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "ExtractionError": "tracemark.extraction.errors",
     "MarkingSecretError": "tracemark.extraction.errors",
     "MarkingWriteError": "tracemark.extraction.errors",
+    "MarkingProfileError": "tracemark.extraction.errors",
     "MonitorConfigError": "tracemark.extraction.errors",
     "NoMarkedResponsesError": "tracemark.extraction.errors",
     "ResponseStoreError": "tracemark.extraction.errors",
@@ -28,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_RATE": "tracemark.extraction.settings",
     "MarkingSecret": "tracemark.extraction.marking",
     "ResponseMarker": "tracemark.extraction.marking",
+    "MarkingProfile": "tracemark.extraction.profile",
     "canonical_bytes": "tracemark.extraction.marking",
     "Alert": "tracemark.extraction.monitor",
     "AlertStore": "tracemark.extraction.monitor",

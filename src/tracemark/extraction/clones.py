@@ -5,26 +5,29 @@ HMAC under that client's secret, uniformly among the K−1 classes other than th
 A suspect that never learned from that client's answers — an independent model, or a clone of another
 client — answers without knowing ``w``, so:
 
-* **runner-up test** (when the suspect gives scores: a local model, or an API returning probabilities):
-  the class the suspect ranks highest among those other than ``v`` is ``w`` with probability exactly
-  1/(K−1), independently across marked inputs; the count over all marked inputs is at most
-  Binomial(n, 1/(K−1)). A clone that half-learned a marked answer ranks ``w`` just behind ``v``, so this
-  catches marks that did not flip the clone's label.
+* **rank test** (when the suspect gives scores: a local model, or an API returning probabilities): the rank
+  of ``w`` among the K−1 classes other than ``v`` in the suspect's scores (0 = its runner-up; ties count
+  against) is uniform on {0, …, K−2} for a suspect that does not know ``w``, independently across marked
+  inputs. The test is on the sum of ranks, whose null distribution (a sum of independent discrete uniforms)
+  is computed exactly in integer arithmetic. A clone that half-learned a marked answer ranks ``w`` high even
+  when its label did not flip — for out-of-domain clones often second or third rather than first — so the
+  rank sum uses evidence a runner-up count (rank 0 only) throws away.
 * **label test** (labels only): ``P(s = w) = 1/(K−1)`` when the suspect's label ``s ≠ v`` and 0 when
   ``s = v``, so the number of agreements is at most Binomial(d, 1/(K−1)), ``d`` counting the marked
   inputs the suspect answers off ``v``. Conditioning on ``d`` is much stronger than DAWN's unconditional
   test: an accurate clone agrees with ``v`` on the marks it did not memorise, and they cost nothing.
 
-The runner-up test is used whenever the suspect gives scores (it counts every label-test agreement too),
-the label test otherwise; the choice depends only on what the suspect returns. Every client is tested;
-p-values are Bonferroni-adjusted over the number of clients tested, and the best client is named only
-when its adjusted p-value is at most ``alpha``.
+The rank test is used whenever the suspect gives scores, the label test otherwise; the choice depends only
+on what the suspect returns. Every client is tested; p-values are Bonferroni-adjusted over the number of
+clients tested, and the best client is named only when its adjusted p-value is at most ``alpha``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from math import comb
 from typing import Literal
 
 import numpy as np
@@ -40,13 +43,14 @@ DEFAULT_ALPHA = 1e-6
 QUERY_CHUNK = 256
 
 Outcome = Literal["clone-of-client", "no-client-matches"]
-Statistic = Literal["runner-up", "label"]
+Statistic = Literal["rank", "label"]
 
 
 @dataclass(frozen=True)
 class ClientEvidence:
-    """One client's test: marked inputs asked, the statistic used, its count of agreements out of ``trials``,
-    and (always) the label agreements and how many answers were off the model's label."""
+    """One client's test: marked inputs asked, the statistic used, ``matches`` out of ``trials`` (rank test: served
+    labels the suspect ranks first among the other classes, with ``rank_sum`` the tested statistic; label test:
+    agreements), and (always) the label agreements and how many answers were off the model's label."""
 
     client_id: str
     client_name: str
@@ -54,6 +58,7 @@ class ClientEvidence:
     statistic: Statistic
     matches: int
     trials: int
+    rank_sum: int | None
     label_matches: int
     disagreed: int
     null_rate: float
@@ -64,8 +69,13 @@ class ClientEvidence:
         return dict(self.__dict__)
 
     def __str__(self) -> str:
-        return (f"{self.client_name} ({self.client_id}): {self.statistic} test {self.matches}/{self.trials} "
-                f"(null {self.null_rate:.3g}; {self.label_matches} of {self.marked} marked labels reproduced, "
+        if self.rank_sum is not None:
+            null_mean = self.trials * (1.0 / self.null_rate - 1.0) / 2.0
+            test = (f"rank test: served label ranked first of the other classes {self.matches}/{self.trials}, "
+                    f"rank sum {self.rank_sum} (null mean {null_mean:g})")
+        else:
+            test = f"label test {self.matches}/{self.trials} (null {self.null_rate:.3g})"
+        return (f"{self.client_name} ({self.client_id}): {test} ({self.label_matches} of {self.marked} marked labels reproduced, "
                 f"{self.disagreed} answered off the model's label), p = {self.p_value:.3g}, Bonferroni {self.p_adjusted:.3g}")
 
 
@@ -120,11 +130,38 @@ def _answers(target: Target, x: np.ndarray, advance: Callable[[int], None]) -> A
     return Answers(np.concatenate(labels), joined)
 
 
-def runner_up(scores: np.ndarray, model_labels: np.ndarray) -> np.ndarray:
-    """For each row, the highest-scoring class other than the model's own label (ties: lowest index)."""
-    masked = np.array(scores, dtype=np.float64, copy=True)
-    masked[np.arange(len(masked)), model_labels] = -np.inf
-    return masked.argmax(axis=1)
+def served_label_ranks(scores: np.ndarray, model_labels: np.ndarray, served_labels: np.ndarray) -> np.ndarray:
+    """For each row, how many classes other than the model's label and the served one score at least as high as
+    the served label (0: the served label is the suspect's runner-up; ties count against it)."""
+    s = np.array(scores, dtype=np.float64, copy=True)
+    rows = np.arange(len(s))
+    served = s[rows, served_labels][:, None]
+    s[rows, model_labels] = -np.inf
+    return (s >= served).sum(axis=1) - 1
+
+
+def rank_sum_pvalue(total: int, n: int, num_classes: int) -> float:
+    """``P(S <= total)`` for ``S`` the sum of ``n`` independent uniform draws from {0, …, K−2}: exact.
+
+    The number of such sequences with sum at most ``t`` is ``sum_j (-1)^j C(n, j) C(t − j(K−1) + n, n)``
+    (inclusion–exclusion); it is computed in integers, each term from the last, and divided by ``(K−1)^n``.
+    """
+    m = num_classes - 1
+    if n == 0 or total >= n * (m - 1):
+        return 1.0
+    if total < 0:
+        return 0.0
+    count, sign, choose_j = 0, 1, 1
+    top = total + n  # C(top, n) with top = t − j m + n
+    choose_top = comb(top, n)
+    for j in range(0, min(n, total // m) + 1):
+        count += sign * choose_j * choose_top
+        choose_j = choose_j * (n - j) // (j + 1)
+        for _ in range(m):  # C(top − 1, n) = C(top, n) (top − n) / top
+            choose_top = choose_top * (top - n) // top if top > n else 0
+            top -= 1
+        sign = -sign
+    return float(Fraction(count, m**n))
 
 
 def evidence(marked: MarkedSet, suspect: Answers, tested: int) -> ClientEvidence:
@@ -134,13 +171,16 @@ def evidence(marked: MarkedSet, suspect: Answers, tested: int) -> ClientEvidence
     disagreed = int((labels != marked.model_labels).sum())
     label_matches = int((labels == marked.served_labels).sum())
     scores = suspect.probabilities
+    rank_sum: int | None = None
     if scores is not None and np.asarray(scores).shape == (len(marked), marked.num_classes):
-        statistic: Statistic = "runner-up"
-        matches, trials = int((runner_up(scores, marked.model_labels) == marked.served_labels).sum()), len(marked)
+        statistic: Statistic = "rank"
+        ranks = served_label_ranks(np.asarray(scores), marked.model_labels, marked.served_labels)
+        matches, trials, rank_sum = int((ranks == 0).sum()), len(marked), int(ranks.sum())
+        p = rank_sum_pvalue(rank_sum, trials, marked.num_classes)
     else:
         statistic, matches, trials = "label", label_matches, disagreed
-    p = binomial_pvalue(matches, trials, null)
-    return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, label_matches,
+        p = binomial_pvalue(matches, trials, null)
+    return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, rank_sum, label_matches,
                           disagreed, null, p, min(1.0, p * tested))
 
 
@@ -166,4 +206,4 @@ def check_clone(evidence_from: ResponseStore | Sequence[MarkedSet], suspect: Tar
     return CloneCheck(str(suspect), alpha, outcome, results)
 
 
-__all__ = ["CloneCheck", "ClientEvidence", "check_clone", "evidence", "DEFAULT_ALPHA"]
+__all__ = ["CloneCheck", "ClientEvidence", "check_clone", "evidence", "rank_sum_pvalue", "served_label_ranks", "DEFAULT_ALPHA"]

@@ -24,6 +24,10 @@ class MarkingWriteError(ServeError, ResponseStoreError):
     status = 503
 
 
+class MarkingProfileError(ServeError, ExtractionError):
+    """A marking profile is malformed, cannot be calibrated from the data given, or does not fit the inputs (HTTP 500)."""
+
+
 class NoMarkedResponsesError(ExtractionError):
     """There are no marked responses to test a suspect against (no client, or none marked yet)."""
 
@@ -41,6 +45,7 @@ __all__ = [
     "MarkingSecretError",
     "ResponseStoreError",
     "MarkingWriteError",
+    "MarkingProfileError",
     "NoMarkedResponsesError",
     "MonitorConfigError",
     "ThrottledError",

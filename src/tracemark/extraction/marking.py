@@ -4,10 +4,11 @@ For every client the server derives a secret from one master secret,
 ``HMAC-SHA256(master, "tracemark/response-marking/v1/" + client_id)``, so nothing per client is kept.
 Each input is canonicalised (values quantised to a grid of ``step``, default 1/255, plus its shape)
 and hashed with the client's secret. The first 8 bytes of that HMAC select the input with probability
-``rate``; the next 8 bytes pick an offset ``o`` in ``[0, K-2]`` and the answer becomes
-``(model_label + 1 + o) mod K`` — never the model's own label, uniform over the others. The probability
-row is permuted (the model's top entry swapped with the served label's) so the served label is its
-argmax. The same input from the same client always gets the same answer, so asking again reveals nothing.
+``rate`` — the same for every input, or, with a marking profile (:mod:`~tracemark.extraction.profile`),
+higher for inputs unlike the model's own data and lower for typical ones, averaging ``rate`` on those; the
+next 8 bytes pick an offset ``o`` in ``[0, K-2]`` and the answer becomes ``(model_label + 1 + o) mod K`` —
+never the model's own label, uniform over the others. The probability row is permuted (the model's top
+entry swapped with the served label's) so the served label is its argmax. The same input from the same client always gets the same answer, so asking again reveals nothing.
 
 Why quantise: with the exact float bytes (as DAWN hashes), a client could add noise below the image's
 8-bit resolution, ask several times and take a majority vote to undo the mark. On the grid, such copies
@@ -36,6 +37,7 @@ import numpy as np
 from tracemark._util.files import atomic_write_text
 from tracemark.errors import TracemarkError
 from tracemark.extraction.errors import MarkingSecretError, MarkingWriteError
+from tracemark.extraction.profile import MarkingProfile
 from tracemark.extraction.settings import DEFAULT_RATE
 from tracemark.extraction.store import MarkedResponse, ResponseStore, check_rate
 from tracemark.serve.clients import Client, utc_now
@@ -152,11 +154,14 @@ class ResponseMarker:
     """An :class:`~tracemark.serve.hooks.AnswerHook` that marks answers per client and keeps the evidence.
 
     ``rate`` is the default marked fraction; a client's own rate (``ResponseStore.set_rate``) overrides
-    it and is re-read every few seconds, so running servers pick up changes.
+    it and is re-read every few seconds, so running servers pick up changes. With a ``profile`` the rate is
+    split between unusual and typical inputs (its average over in-distribution inputs stays ``rate``).
     """
 
-    def __init__(self, secret: MarkingSecret, store: ResponseStore, rate: float = DEFAULT_RATE, step: float = DEFAULT_STEP) -> None:
+    def __init__(self, secret: MarkingSecret, store: ResponseStore, rate: float = DEFAULT_RATE, step: float = DEFAULT_STEP,
+                 profile: MarkingProfile | None = None) -> None:
         self.secret, self.store, self.rate, self.step = secret, store, check_rate(rate), float(step)
+        self.profile = profile
         self._keys: dict[str, bytes] = {}
         self._rates: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
@@ -187,9 +192,10 @@ class ResponseMarker:
         probs = np.asarray(answers.probabilities, dtype=np.float64)
         labels = np.asarray(answers.labels, dtype=np.int64)
         key, k = self._key(client), probs.shape[1]
+        rates = self.profile.rates(inputs, rate, self.step) if self.profile is not None else np.full(len(inputs), rate)
         marked: list[MarkedResponse] = []
         for i, x in enumerate(inputs):
-            decision = decide(key, x, rate, k, self.step)
+            decision = decide(key, x, float(rates[i]), k, self.step)
             if not decision.marked:
                 continue
             if not marked:

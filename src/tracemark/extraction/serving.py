@@ -31,7 +31,8 @@ class HookChain:
 
 
 def hook_from_config(config: ServeConfig) -> AnswerHook | None:
-    """The stealing monitor (sees the model's own labels) then the response marker, as ``config`` asks; ``None`` if neither."""
+    """The stealing monitor (sees the model's own labels) then the response marker (with the store's marking profile,
+    if one was calibrated), as ``config`` asks; ``None`` if neither."""
     hooks: list[AnswerHook] = []
     if config.monitor is not None:
         from tracemark.extraction.monitor import AlertStore, StealingMonitor
@@ -42,8 +43,9 @@ def hook_from_config(config: ServeConfig) -> AnswerHook | None:
         from tracemark.extraction.marking import MarkingSecret, ResponseMarker
         from tracemark.extraction.store import ResponseStore
 
-        hooks.append(ResponseMarker(MarkingSecret.resolve(config.marking_secret), ResponseStore(config.responses_db),
-                                    config.marking_rate, config.marking_step))
+        store = ResponseStore(config.responses_db)
+        hooks.append(ResponseMarker(MarkingSecret.resolve(config.marking_secret), store, config.marking_rate,
+                                    config.marking_step, store.profile()))
     if not hooks:
         return None
     return hooks[0] if len(hooks) == 1 else HookChain(tuple(hooks))

@@ -1,4 +1,4 @@
-"""Settings of the stealing monitor, importable without numpy or scipy (the server config holds them)."""
+"""Settings of the stealing monitor and marking defaults, importable without numpy or scipy (the server config and CLI use them)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,21 @@ from typing import Any
 
 from tracemark.extraction.errors import MonitorConfigError
 
-DEFAULT_RATE = 0.004
-"""Default fraction of a client's distinct inputs answered with a keyed wrong label. DAWN keeps it under 0.5%;
-0.4% keeps the realised share of altered honest answers under 0.5% with room for chance (at 10,000 queries,
-0.5% is 1.6 standard deviations above 0.4%)."""
+DEFAULT_RATE = 0.003
+"""Default fraction of a client's distinct inputs answered with a keyed wrong label (with a marking profile: the
+average over in-distribution inputs). DAWN keeps it under 0.5%; 0.3% keeps the realised share of altered honest
+answers under 0.5% with room for chance (at 5,000 queries 0.5% is 2.6 standard deviations above 0.3%; at
+1,000 queries about 1 in 12 honest clients would still see 6 or more of their answers altered, i.e. above 0.5%)."""
+
+
+MAX_RATE = 0.5
+"""Highest marking rate of any input."""
+DEFAULT_UNUSUAL_SHARE = 0.02
+"""Share of in-distribution inputs a marking profile's calibration calls unusual."""
+DEFAULT_BOOST = 30.0
+"""With a marking profile, unusual inputs are marked this many times as often as typical ones."""
+DEFAULT_COMPONENTS = 50
+"""Principal components of a marking profile's model of in-distribution inputs."""
 
 
 @dataclass(frozen=True)
@@ -55,4 +66,4 @@ class MonitorSettings:
         return cls(**{**raw, "prior": tuple(prior) if prior is not None else None})
 
 
-__all__ = ["MonitorSettings", "DEFAULT_RATE"]
+__all__ = ["MonitorSettings", "DEFAULT_RATE", "MAX_RATE", "DEFAULT_BOOST", "DEFAULT_COMPONENTS", "DEFAULT_UNUSUAL_SHARE"]

@@ -1,9 +1,10 @@
 """The evidence of response marking: each client's marked inputs and the answers served (SQLite, WAL).
 
-Only marked inputs are kept — at the default rate about one in 200 of a client's distinct inputs —
+Only marked inputs are kept — at the default rate about one in 300 of a client's distinct inputs —
 with the model's own label, the served (wrong) label and the served probability row. Asking the
 same input again updates ``last_seen`` and ``times``; the first answer is never overwritten.
-Per-client marking rates live here too, so ``tracemark responses rate`` reaches running servers.
+Per-client marking rates live here too, so ``tracemark responses rate`` reaches running servers, and the
+marking profile (:mod:`~tracemark.extraction.profile`) that servers load when they start.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import numpy as np
 from tracemark._util.canonical import canonical_json
 from tracemark._util.files import atomic_write_bytes
 from tracemark.extraction.errors import ResponseStoreError
+from tracemark.extraction.profile import MarkingProfile
+from tracemark.extraction.settings import MAX_RATE
 from tracemark.serve._db import SqliteFile
 from tracemark.serve.clients import Client, utc_now
 
-MAX_RATE = 0.5
 EXPORT_FORMAT = "tracemark-marked-responses"
 EXPORT_VERSION = 1
 _SCHEMA = """
@@ -43,6 +45,11 @@ CREATE TABLE IF NOT EXISTS marked (
     last_seen TEXT NOT NULL,
     times INTEGER NOT NULL,
     PRIMARY KEY (client_id, input_key)
+);
+CREATE TABLE IF NOT EXISTS profile (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    document TEXT NOT NULL,
+    set_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rates (
     client_id TEXT PRIMARY KEY,
@@ -210,6 +217,18 @@ class ResponseStore:
                 conn.execute("INSERT INTO rates (client_id, client_name, rate, set_at) VALUES (?, ?, ?, ?)"
                              " ON CONFLICT (client_id) DO UPDATE SET rate = excluded.rate, set_at = excluded.set_at",
                              (client.id, client.name, check_rate(rate), utc_now()))
+
+    def set_profile(self, profile: MarkingProfile) -> None:
+        """Keep the marking profile that servers started on this store use (replaces any earlier one)."""
+        with self.db.write() as conn:
+            conn.execute("INSERT INTO profile (id, document, set_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                         " document = excluded.document, set_at = excluded.set_at",
+                         (canonical_json(profile.to_dict()).decode(), utc_now()))
+
+    def profile(self) -> MarkingProfile | None:
+        """The marking profile, or ``None`` (every input is marked at the same rate)."""
+        row = self.db.connection().execute("SELECT document FROM profile WHERE id = 1").fetchone()
+        return None if row is None else MarkingProfile.from_dict(json.loads(row[0]))
 
     def rate(self, client_id: str) -> float | None:
         """A client's own marking rate, or ``None`` for the server default."""

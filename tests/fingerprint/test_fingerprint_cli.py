@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import tracemark as tm
 from tracemark.cli import fingerprint as fingerprint_cli
 from tracemark.fingerprint import CodeGoalWarning, Registry
-from tracemark.ledger import Ledger, OwnerIdentity
+from tracemark.ledger import Ledger, OwnerIdentity, file_sha256
 
 runner = CliRunner()
 
@@ -71,6 +71,21 @@ def test_fingerprint_then_trace(app, workdir):
         assert result["customer"] == expected
         assert result["verdict"] == ("customer" if expected else "no-match")
     assert [e.event for e in Ledger.open(workdir / "ledger").entries()].count("trace") == 3
+
+    # with the base model the weight test runs too; the base is checked against the registry's hash
+    assert Registry.open(out / "registry.sqlite").base_sha256 == file_sha256(workdir / "base.safetensors")
+    r = runner.invoke(app, [*common, "--model", str(out / "globex.safetensors"), "--base", str(workdir / "base.safetensors")],
+                      env=env)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["customer"] == "globex" and result["weights"]["accused"] == ["globex"]
+    assert result["weights"]["best"]["log10_p_adjusted"] < -100
+    entry = list(Ledger.open(workdir / "ledger").entries())[-1]
+    assert entry.payload["weight_test"]["accused"] == ["globex"]
+    r = runner.invoke(app, [*common, "--model", str(out / "globex.safetensors"), "--base", str(workdir / "independent.safetensors")])
+    assert r.exit_code != 0 and "not the one" in str(r.exception)
+    r = runner.invoke(app, [*common, "--url", "http://127.0.0.1:9/predict", "--base", str(workdir / "base.safetensors")])
+    assert r.exit_code == 2 and "weight test needs" in r.output
 
     # customers who already have a copy are refused; a new one joins the same registry
     again = ["fingerprint", "--key", str(workdir / "master.key"), "--model", str(workdir / "base.safetensors"),

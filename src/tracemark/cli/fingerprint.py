@@ -28,6 +28,7 @@ def fingerprint(
     max_clean_drop: float = typer.Option(0.003, help="Largest clean-accuracy drop allowed per copy (fraction)."),
     code_accuracy: float = typer.Option(0.9, help="Stop a customer's fine-tune once this fraction of the tracing queries carry its code."),
     seed: int = typer.Option(0, help="Seed of the feature pools and the fine-tunes' batch order."),
+    weight_strength: float = typer.Option(0.02, help="Strength of the weight code (times each tensor's RMS) added to every copy; 0 leaves it out."),
     vendor_key: Optional[Path] = typer.Option(None, "--vendor-key", help="Also pack each copy as OUT/<customer>.tmpkg, signed by this vendor key and licensed to the customer."),
     days: int = typer.Option(365, "--days", help="With --vendor-key: licence length in days from now."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="With --vendor-key: also wrap each package for the passphrase in this environment variable."),
@@ -58,10 +59,13 @@ def fingerprint(
         reg = Registry.create(registry_path, scheme)
     dataset = load_dataset(data)
     base = load_model(model)
+    from tracemark.ledger import file_sha256
+
+    reg.set_base(file_sha256(model))  # the weight test compares suspects with this base; refuses another one
     if workers > 1:
         torch.set_num_threads(1)  # workers are forked from this process: keep its OpenMP pool single-threaded
     settings = TrainSettings(lr=lr, max_steps=max_steps, max_clean_drop=max_clean_drop, target_code_accuracy=code_accuracy,
-                             seed=seed)
+                             seed=seed, weight_strength=weight_strength)
     registered = set(reg.customers())
     for cid in ids:
         if cid not in registered:  # registered earlier without a copy (an interrupted run): make it now
@@ -131,22 +135,33 @@ def trace(
     batch_size: int = suspect.BATCH_OPT,
     timeout: float = suspect.TIMEOUT_OPT,
     transcript: Optional[Path] = suspect.TRANSCRIPT_OPT,
-    alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together."),
+    base: Optional[Path] = typer.Option(None, "--base", help="With --model: the base model the copies were made from; also runs the weight test (checked against the registry's base hash)."),
+    alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together (split between the two tests with --base)."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many queries (default: all, D×classes)."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Ask a suspect the tracing queries and name the customer whose copy it is, with a p-value."""
+    """Ask a suspect the tracing queries (and, with --base, compare its weights) and name the customer whose copy it is, with a p-value."""
     from tracemark.fingerprint import Registry
     from tracemark.fingerprint.trace import record_trace, trace as run_trace
 
+    if base is not None and model is None:
+        raise typer.BadParameter("the weight test needs the suspect's weights: give --model with --base", param_hint="--base")
     wm_key = load_key(key)
     target = suspect_target(model, url, num_classes=wm_key.num_classes, field=field, template=template, header=header,
                             api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout)
     reg = Registry.open(registry)
     scheme = reg.scheme(wm_key)
+    base_model = None
+    if base is not None:
+        from tracemark.data import load_model
+        from tracemark.ledger import file_sha256
+
+        reg.check_base(file_sha256(base))
+        base_model = load_model(base)
     try:
-        result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size)
+        result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size,
+                           base=base_model)
     finally:
         save_transcript(target, transcript, as_json)
     record_event(ledger, record_trace, result, transcript=transcript if url is not None else None, quiet=as_json)

@@ -5,6 +5,7 @@ See docs/guide/tracing.md. In short::
     scheme = FingerprintScheme.from_key(key)               # key: a content WatermarkKey (the only secret)
     fanout(base, scheme, ["acme", "globex"], data, "copies/", workers=2)
     result = trace(scheme, ["acme", "globex"], tm.load_target("leaked.onnx"))
+    result = trace(scheme, ["acme", "globex"], tm.load_target("leaked.safetensors"), base=base)  # + weight test
 """
 
 from tracemark.fingerprint.codes import FingerprintScheme, QuerySet
@@ -28,6 +29,7 @@ from tracemark.fingerprint.fanout import (
 )
 from tracemark.fingerprint.registry import CustomerRecord, Registry, read_customers_file, record_customer_code
 from tracemark.fingerprint.trace import CustomerScore, TraceResult, score_answers, trace
+from tracemark.fingerprint.weights import WeightScore, WeightTrace, add_weight_code, weight_trace
 
 __all__ = [
     "CodeGoalWarning",
@@ -46,6 +48,9 @@ __all__ = [
     "RegistryKeyMismatchError",
     "TraceResult",
     "TrainSettings",
+    "WeightScore",
+    "WeightTrace",
+    "add_weight_code",
     "code_accuracy",
     "fanout",
     "feature_cache",
@@ -54,4 +59,5 @@ __all__ = [
     "record_customer_code",
     "score_answers",
     "trace",
+    "weight_trace",
 ]

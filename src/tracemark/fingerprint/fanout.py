@@ -22,6 +22,7 @@ from tracemark.data.datasets import ImageData
 from tracemark.errors import ShapeMismatchError
 from tracemark.fingerprint.codes import FingerprintScheme, unique_ids
 from tracemark.fingerprint.errors import CodeGoalWarning, FingerprintError
+from tracemark.fingerprint.weights import DEFAULT_STRENGTH, add_weight_code
 from tracemark.training import accuracy
 
 
@@ -41,6 +42,11 @@ class TrainSettings:
     checkpoint with the most code among those within the clean budget (the budget is never
     exceeded on the validation images) and is reported with ``reached_goal=False`` and a
     :class:`CodeGoalWarning`.
+
+    Before the fine-tune, ``weight_strength`` times each coded tensor's RMS times the
+    customer's keyed signs is added to the copy's weights (the white-box code read by
+    :func:`~tracemark.fingerprint.weights.weight_trace`; 0 leaves it out); the clean budget
+    and the code goal are checked on the copy as shipped, weight code included.
     """
 
     lr: float = 1e-3
@@ -55,6 +61,11 @@ class TrainSettings:
     pool_size: int = 10000
     validation_size: int = 2000
     seed: int = 0
+    weight_strength: float = DEFAULT_STRENGTH
+
+    def __post_init__(self) -> None:
+        if not self.weight_strength >= 0:
+            raise ValueError("weight_strength must be 0 (no weight code) or positive")
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,15 @@ def mark_customer(base: nn.Module, scheme: FingerprintScheme, customer_id: str, 
     model = copy.deepcopy(base)
     head = model[cache.split :]
     q = scheme.queries
+    with torch.no_grad():
+        head.eval()
+        val_before = float((head(cache.validation).argmax(1) == cache.validation_labels).float().mean())
+    queries, validation = cache.queries, cache.validation
+    if settings.weight_strength > 0:
+        add_weight_code(model, scheme, customer_id, settings.weight_strength)
+        body = model[: cache.split].eval()
+        val_x = np.ascontiguousarray(data.x_test[: settings.validation_size], dtype=np.float32)
+        queries, validation = _features(body, torch.from_numpy(q.inputs)), _features(body, torch.from_numpy(val_x))
     code = torch.from_numpy(scheme.label_matrix([customer_id], q.drawing_ids, q.true_labels)[0])
     table = torch.from_numpy(scheme.class_map(customer_id))
     stamped_targets = table[cache.stamped_drawings, cache.stamped_labels]
@@ -222,11 +242,15 @@ def mark_customer(base: nn.Module, scheme: FingerprintScheme, customer_id: str, 
     @torch.no_grad()
     def check() -> tuple[float, float]:
         head.eval()
-        code_acc = float((head(cache.queries).argmax(1) == code).float().mean())
-        val_acc = float((head(cache.validation).argmax(1) == cache.validation_labels).float().mean())
+        code_acc = float((head(queries).argmax(1) == code).float().mean())
+        val_acc = float((head(validation).argmax(1) == cache.validation_labels).float().mean())
         return code_acc, val_acc
 
-    best_code, val_before = check()
+    best_code, val_start = check()
+    if val_before - val_start > settings.max_clean_drop:
+        raise FingerprintError(f"customer {customer_id}: the weight code alone costs {100 * (val_before - val_start):.2f} "
+                               f"points on the validation images, more than the budget of {100 * settings.max_clean_drop:.2f}; "
+                               "lower the weight-code strength")
     best_state = copy.deepcopy(head.state_dict())
     steps, reached = 0, False
     with progress_bar(settings.max_steps, f"marking {customer_id}", enabled=show_progress) as advance:

@@ -144,6 +144,25 @@ class Registry:
                 f"{self.path} was made with key {self.meta['key_commitment'][:16]}…, not {key.commitment()[:16]}…")
         return FingerprintScheme.from_key(key, int(self.meta["n_drawings"]))
 
+    # ------------------------------------------------------------------ base model
+    @property
+    def base_sha256(self) -> str | None:
+        """SHA-256 of the base model file the copies were made from (``None`` in registries made before it was recorded)."""
+        return self.meta.get("base_model_sha256")
+
+    def set_base(self, sha256: str) -> None:
+        """Record the base model's file hash; refuses to change it (copies of another base carry other weights)."""
+        self.check_base(sha256)
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("base_model_sha256", json.dumps(sha256)))
+        self.meta["base_model_sha256"] = sha256
+
+    def check_base(self, sha256: str) -> None:
+        """Raise unless ``sha256`` is the registered base model's hash (or none was recorded)."""
+        if self.base_sha256 not in (None, sha256):
+            raise RegistryError(f"the base model given ({sha256[:16]}…) is not the one {self.path} records for its copies "
+                                f"({self.base_sha256[:16]}…); use a new registry for another base")
+
     # ------------------------------------------------------------------ customers
     def add(self, scheme: FingerprintScheme, customer_id: str) -> CustomerRecord:
         """Register a customer: derive and store its code commitment (never the code)."""

@@ -7,6 +7,10 @@ matches each of those with probability exactly ``1/(K-1)``, independently, whate
 is (an independent model, another customer's copy, the base): the p-value is a binomial tail,
 and multiplying it by the number of customers (Bonferroni) keeps the chance of accusing any
 innocent customer at most ``alpha``.
+
+Given the base model's weights and a suspect model file, :func:`trace` also runs the weight
+test (:mod:`tracemark.fingerprint.weights`); each test then gets ``alpha / 2`` (Bonferroni over
+the two) and a customer named by either is accused.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 from scipy import stats
+from torch import nn
 
 from tracemark.fingerprint.codes import FingerprintScheme
+from tracemark.fingerprint.weights import WeightTrace, weight_trace
 from tracemark.targets.base import Target, ask_labels
 from tracemark.verification.verify import DEFAULT_ALPHA
 
@@ -57,7 +63,10 @@ class TraceResult:
     ``verdict`` is ``customer`` when at least one customer's adjusted p-value is at most
     ``alpha`` (``accused`` lists all of them, best first: colluders may all be named),
     ``inconclusive`` when unanswered queries could have changed that, else ``no-match``.
-    ``margin_log10`` is log10 of the runner-up's p-value over the best one's.
+    ``margin_log10`` is log10 of the runner-up's p-value over the best one's. ``best``,
+    ``runner_up``, ``top`` and ``informative`` are the black-box test's; ``weights`` is the
+    weight test's outcome when it was asked for (then each test had ``alpha / 2``, and
+    ``accused`` holds the customers either named: the black-box test's first).
     """
 
     verdict: TraceLabel
@@ -77,6 +86,7 @@ class TraceResult:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""
+    weights: WeightTrace | None = None
 
     @property
     def customer(self) -> str | None:
@@ -93,6 +103,7 @@ class TraceResult:
         data = asdict(self)
         data["customer"] = self.customer
         data["margin_log10"] = self.margin_log10
+        data["weights"] = None if self.weights is None else self.weights.to_dict()
         return data
 
     def __str__(self) -> str:
@@ -103,12 +114,15 @@ class TraceResult:
             lines.append(f"  accused: {', '.join(self.accused)} (all clear alpha: possible collusion)")
         lines.append(f"  queries: {self.queries} asked, {self.answered} answered, {self.informative} answered with a "
                      f"class other than the image's own; null rate {self.null_rate:.4g}")
-        lines.append(f"  {self.n_customers} customers scored; alpha {self.alpha:.0e} over all of them (Bonferroni)")
+        split = "" if self.weights is None else ", split evenly between the black-box and the weight test"
+        lines.append(f"  {self.n_customers} customers scored; alpha {self.alpha:.0e} over all of them (Bonferroni{split})")
         for rank, s in enumerate(self.top, 1):
             lines.append(f"  {rank}. {s.customer}: {s.matches} of {s.informative} matches, p = {s.p_value:.3g}, "
                          f"adjusted {s.p_adjusted:.3g}")
         if self.margin_log10 is not None:
             lines.append(f"  margin to runner-up: {self.margin_log10:.1f} orders of magnitude")
+        if self.weights is not None:
+            lines += self.weights.lines()
         lines.append(f"  key: {self.key_commitment[:16]}…")
         if self.errors:
             lines.append(f"  failed queries: {len(self.errors)} (first: {self.errors[0]})")
@@ -152,13 +166,17 @@ def trace(
     alpha: float = DEFAULT_ALPHA,
     max_queries: int | None = None,
     batch_size: int = 100,
+    base: nn.Module | None = None,
 ) -> TraceResult:
     """Ask ``target`` the tracing queries and name the customer whose code it carries, if any.
 
     ``customers`` are all the customer ids to score (the registry's). Queries up to
     ``max_queries`` (default all ``D*K``, 100 for ten classes) in batches; a failed batch
     is recorded and left out, and if that could change the outcome the verdict is
-    ``inconclusive``.
+    ``inconclusive``. With ``base`` (the model the copies were made from) the suspect's
+    weights are also scored, if ``target`` is a local torch model of the base's
+    architecture (else the weight test reports that it does not apply); each test then
+    gets ``alpha / 2``.
     """
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
@@ -176,12 +194,17 @@ def trace(
     scheme.key.check_compatible(None, target.num_classes)
     labels = scheme.label_matrix(list(customers), q.drawing_ids[:n], q.true_labels[:n])
     scores = score_answers(scheme, customers, answers, labels)
+    test_alpha = alpha if base is None else alpha / 2  # Bonferroni over the two tests
+    weights = None if base is None else weight_trace(scheme, customers, getattr(target, "module", None), base,
+                                                     alpha=test_alpha)
     order = sorted(range(len(scores)), key=lambda i: (scores[i].log10_p, -scores[i].matches, scores[i].customer))
     ranked = [scores[i] for i in order]
-    threshold = math.log10(alpha / len(customers))
+    threshold = math.log10(test_alpha / len(customers))
     accused = [s.customer for s in ranked if s.log10_p <= threshold]
     answered = int(np.sum(answers >= 0))
     unanswered = n - answered
+    if weights is not None:
+        accused += [c for c in weights.accused if c not in accused]
     note = ""
     if accused:
         label: TraceLabel = "customer"
@@ -199,6 +222,7 @@ def trace(
         top=ranked[:SHOWN], alpha=alpha, n_customers=len(customers), queries=n, answered=answered,
         informative=ranked[0].informative, null_rate=scheme.null_rate, key_commitment=scheme.key.commitment(),
         target=str(target), answers=answers.tolist(), errors=errors, seconds=time.perf_counter() - start, note=note,
+        weights=weights,
     )
 
 
@@ -212,6 +236,10 @@ def record_trace(ledger: Any, result: TraceResult, transcript: bytes | str | os.
     payload["accused"] = list(result.accused)
     payload["p_adjusted"] = None if result.best is None else result.best.p_adjusted
     payload["log10_p"] = None if result.best is None else result.best.log10_p
+    if result.weights is not None:
+        w = result.weights
+        payload["weight_test"] = {"applies": w.applies, "accused": list(w.accused), "compared": w.compared,
+                                  "log10_p": None if w.best is None else w.best.log10_p, "note": w.note}
     payload["result_sha256"] = ledger.attach(canonical_json(doc))
     if transcript is not None:
         data = transcript if isinstance(transcript, bytes) else Path(transcript).read_bytes()

@@ -116,3 +116,41 @@ def test_fingerprint_exits_1_when_a_copy_misses_its_code_goal(app, workdir):
     copy = json.loads(r.stdout)["copies"][0]
     assert not copy["reached_goal"] and "kept the best one" in copy["note"]
     assert (out / "hooli.safetensors").is_file() and Registry.open(out / "registry.sqlite").records()[0].model_sha256
+
+
+def test_trace_also_checks_an_apis_marked_answers(app, workdir, models, tmp_path):
+    """`trace --responses-db`: one suspect, two questions — whose copy, and which API client's answers it learned."""
+    import numpy as np
+    import torch
+
+    from tracemark.data import load_model
+    from tracemark.extraction.store import MarkedResponse, ResponseStore
+    from tracemark.fingerprint import FingerprintScheme
+    from tracemark.serve import ClientStore
+
+    out = workdir / "copies"
+    if not (out / "acme.safetensors").is_file():
+        pytest.skip("needs the copies of test_fingerprint_then_trace")
+    # an API client was served acme's labels where they differ from the base's: a clone of acme reproduces them
+    x = FingerprintScheme.from_key(models.key).queries.inputs.astype(np.float32)
+    with torch.no_grad():
+        base_labels = models.base(torch.from_numpy(x)).argmax(1).numpy()
+        acme_labels = load_model(out / "acme.safetensors")(torch.from_numpy(x)).argmax(1).numpy()
+    differ = np.flatnonzero(base_labels != acme_labels)
+    assert len(differ) >= 20
+    client = ClientStore(tmp_path / "clients.sqlite").add("api-acme").client
+    ResponseStore(tmp_path / "r.sqlite").record(client, [
+        MarkedResponse(str(i), x[i], int(base_labels[i]), int(acme_labels[i]), np.eye(10)[acme_labels[i]]) for i in differ])
+
+    common = ["trace", "--key", str(workdir / "master.key"), "--registry", str(out / "registry.sqlite"), "--json",
+              "--responses-db", str(tmp_path / "r.sqlite")]
+    r = runner.invoke(app, [*common, "--model", str(out / "acme.safetensors")])
+    assert r.exit_code == 0, r.output
+    both = json.loads(r.output)
+    assert both["trace"]["customer"] == "acme"
+    assert both["clone_check"]["outcome"] == "clone-of-client" and both["clone_check"]["clients"][0]["client_name"] == "api-acme"
+    r = runner.invoke(app, [*common, "--model", str(workdir / "independent.safetensors")])
+    both = json.loads(r.output)
+    assert both["trace"]["customer"] is None and both["clone_check"]["outcome"] == "no-client-matches"
+    r = runner.invoke(app, [*common[:-1], str(tmp_path / "missing.sqlite"), "--model", str(out / "acme.safetensors")])
+    assert r.exit_code != 0 and "no response store" in str(r.exception)

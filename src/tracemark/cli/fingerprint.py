@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from tracemark.cli import _options as suspect
 from tracemark.cli._options import LEDGER_HELP, load_key, record_event, save_transcript, suspect_target
 from tracemark.cli._output import console, emit
+from tracemark.cli.responses import open_evidence, record_clone_check
 
 REGISTRY_NAME = "registry.sqlite"
 
@@ -138,6 +140,8 @@ def trace(
     base: Optional[Path] = typer.Option(None, "--base", help="With --model: the base model the copies were made from; also runs the weight test (checked against the registry's base hash)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together (split between the two tests with --base)."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many queries (default: all, D×classes)."),
+    responses_db: Optional[Path] = typer.Option(None, "--responses-db", help="Also ask the suspect the marked answers of "
+                                                "`tracemark serve --marking` (store of marked responses) and name the API client a clone learned from."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -159,13 +163,37 @@ def trace(
 
         reg.check_base(file_sha256(base))
         base_model = load_model(base)
+    evidence = open_evidence(responses_db) if responses_db is not None else None  # before any query
+    clones = None
     try:
         result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size,
                            base=base_model)
+        if evidence is not None:
+            from tracemark.extraction.clones import check_clone
+
+            clones = check_clone(evidence[0], target, show_progress=not as_json)
     finally:
         save_transcript(target, transcript, as_json)
     record_event(ledger, record_trace, result, transcript=transcript if url is not None else None, quiet=as_json)
-    emit(result, as_json)
+    if clones is None or evidence is None:
+        emit(result, as_json)
+        return
+    record_event(ledger, record_clone_check, clones, evidence[1], quiet=as_json)
+    emit(TraceAndCloneCheck(result, clones), as_json)
+
+
+@dataclass(frozen=True)
+class TraceAndCloneCheck:
+    """``tracemark trace --responses-db``: which customer's copy the suspect is, and which API client it learned from."""
+
+    trace: Any
+    clone_check: Any
+
+    def to_dict(self) -> dict:
+        return {"trace": self.trace.to_dict(), "clone_check": self.clone_check.to_dict()}
+
+    def __str__(self) -> str:
+        return f"{self.trace}\n\n{self.clone_check}"
 
 
 def register(root: typer.Typer) -> None:

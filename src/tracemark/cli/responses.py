@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from tracemark.cli._options import API_KEY_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT, suspect_target
+from tracemark.cli._options import API_KEY_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT, record_event, suspect_target
 from tracemark.cli._output import emit, error_console
 from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_RATE, DEFAULT_UNUSUAL_SHARE
 
@@ -180,7 +180,7 @@ def check(
 ) -> None:
     """Ask a suspect every client's marked inputs and name the client whose answers it learned from."""
     from tracemark.extraction.clones import check_clone
-    from tracemark.extraction.store import ResponseStore, load_export
+    from tracemark.extraction.store import load_export
 
     if (model is None) == (url is None):  # before any store is opened
         raise typer.BadParameter("give exactly one of --model or --url")
@@ -188,8 +188,7 @@ def check(
         source = load_export(evidence)
         evidence_sha256 = _sha256(evidence)
     else:
-        _require(responses_db)
-        source, evidence_sha256 = ResponseStore(responses_db), _sha256(responses_db)
+        source, evidence_sha256 = open_evidence(responses_db)
     ids = None
     if client:
         from tracemark.serve.clients import ClientStore
@@ -199,18 +198,25 @@ def check(
     target = suspect_target(model, url, field=field, probabilities_field=probabilities_field, api_key=api_key,
                             batch_size=batch_size, timeout=timeout)
     result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json)
-    from tracemark.ledger import configured_ledger
-
-    target_ledger = configured_ledger(ledger)
-    if target_ledger is not None:
-        named = result.named
-        entry = target_ledger.append(CLONE_CHECK, {
-            "suspect": result.suspect, "outcome": result.outcome, "alpha": alpha, "margin_log10": result.margin,
-            "named_client_id": named.client_id if named else None, "p_value": result.clients[0].p_adjusted,
-            "evidence_sha256": evidence_sha256})
-        if not as_json:
-            error_console.print(f"ledger: appended entry #{entry.seq} ({entry.event})")
+    record_event(ledger, record_clone_check, result, evidence_sha256, quiet=as_json)
     emit(result, as_json)
+
+
+def record_clone_check(ledger: Any, result: Any, evidence_sha256: str) -> Any:
+    """Append a clone check (:class:`~tracemark.extraction.clones.CloneCheck`) and the evidence it used to ``ledger``."""
+    named = result.named
+    return ledger.append(CLONE_CHECK, {
+        "suspect": result.suspect, "outcome": result.outcome, "alpha": result.alpha, "margin_log10": result.margin,
+        "named_client_id": named.client_id if named else None, "p_value": result.clients[0].p_adjusted if result.clients else None,
+        "evidence_sha256": evidence_sha256})
+
+
+def open_evidence(responses_db: Path) -> tuple[Any, str]:
+    """The response store at ``responses_db`` (which must exist) and its SHA-256."""
+    from tracemark.extraction.store import ResponseStore
+
+    _require(responses_db)
+    return ResponseStore(responses_db), _sha256(responses_db)
 
 
 def _sha256(path: Path) -> str:

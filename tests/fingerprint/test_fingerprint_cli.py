@@ -154,3 +154,6 @@ def test_trace_also_checks_an_apis_marked_answers(app, workdir, models, tmp_path
     assert both["trace"]["customer"] is None and both["clone_check"]["outcome"] == "no-client-matches"
     r = runner.invoke(app, [*common[:-1], str(tmp_path / "missing.sqlite"), "--model", str(out / "acme.safetensors")])
     assert r.exit_code != 0 and "no response store" in str(r.exception)
+    ResponseStore(tmp_path / "empty.sqlite")
+    r = runner.invoke(app, [*common[:-1], str(tmp_path / "empty.sqlite"), "--model", str(out / "acme.safetensors")])
+    assert r.exit_code != 0 and "holds no marked answers" in str(r.exception)

@@ -212,11 +212,15 @@ def record_clone_check(ledger: Any, result: Any, evidence_sha256: str) -> Any:
 
 
 def open_evidence(responses_db: Path) -> tuple[Any, str]:
-    """The response store at ``responses_db`` (which must exist) and its SHA-256."""
+    """The response store at ``responses_db`` (which must exist and hold marked answers) and its SHA-256."""
+    from tracemark.extraction.errors import NoMarkedResponsesError
     from tracemark.extraction.store import ResponseStore
 
     _require(responses_db)
-    return ResponseStore(responses_db), _sha256(responses_db)
+    store = ResponseStore(responses_db)
+    if not any(c.marked for c in store.clients()):  # refuse before the suspect is asked anything
+        raise NoMarkedResponsesError(f"{responses_db} holds no marked answers; serve with response marking on first")
+    return store, _sha256(responses_db)
 
 
 def _sha256(path: Path) -> str:

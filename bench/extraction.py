@@ -1,7 +1,7 @@
 """Extraction resistance on real MNIST / Fashion-MNIST: ART's thieves against the real HTTP server.
 
-One protected server per victim (response marking at the default rate with a marking profile calibrated on
-the victim's training images, stealing monitor at default thresholds) serves the victim on loopback. Every thief and honest client is its own API client; "without marking" clients have
+One protected server per victim (response marking at the default rate and per-client budget with a marking profile
+calibrated on the victim's training images, stealing monitor at default thresholds) serves the victim on loopback. Every thief and honest client is its own API client; "without marking" clients have
 their marking rate set to 0, so both columns come from the same server, model and query pools. ART's
 CopycatCNN / KnockoffNets query through a BlackBoxClassifier over ``HttpTarget``; each clone is then checked
 against every client's marked answers (``check_clone``), once with its scores (rank test) and once with
@@ -36,7 +36,7 @@ from tracemark.attacks import ArtExtract, ThiefData
 from tracemark.extraction import MonitorSettings, ResponseStore, check_clone
 from tracemark.extraction.marking import ENV_SECRET
 from tracemark.extraction.profile import MarkingProfile
-from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_RATE
+from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_CAP, DEFAULT_RATE
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve import ServeConfig, create_app, from_module
 from tracemark.targets.base import Answers, Target
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="thief training epochs (ART's default is 10)")
     parser.add_argument("--victim-epochs", type=int, default=5)
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="marking rate")
+    parser.add_argument("--cap", type=float, default=DEFAULT_CAP, help="per-client marking budget (marks <= cap x answered inputs)")
     parser.add_argument("--boost", type=float, default=DEFAULT_BOOST, help="marking profile's boost of unusual inputs (1: uniform rate)")
     parser.add_argument("--no-honest", action="store_true", help="skip the honest clients")
     parser.add_argument("--no-unmarked", action="store_true", help="skip the without-marking thieves")
@@ -145,7 +146,7 @@ def main() -> None:
         ResponseStore(work / f"{vname}-responses.sqlite").set_profile(profiles[vname])
         config = ServeConfig(model="in-memory", clients_db=str(work / f"{vname}-clients.sqlite"), audit_db=str(work / f"{vname}-audit.sqlite"),
                              responses_db=str(work / f"{vname}-responses.sqlite"), marking=True,
-                             marking_rate=args.rate, monitor=monitor, rate=1e9, burst=1e9, max_batch=256, max_body_bytes=64 << 20,
+                             marking_rate=args.rate, marking_cap=args.cap, monitor=monitor, rate=1e9, burst=1e9, max_batch=256, max_body_bytes=64 << 20,
                              retention_days=None)
         app = create_app(from_module(victim, vname), config)
         server = app.state.server
@@ -174,8 +175,10 @@ def main() -> None:
                     served = ask(target, natural[idx])
                     own = ask(tm.TorchTarget(victim), natural[idx])
                     unusual = profiles[vname].scores(natural[idx]) > profiles[vname].threshold
+                    summary = next(c for c in stores[vname].clients() if c.client_name == name)
                     rows.append({"victim": vname, "who": "honest", "budget": budget, "marking": marked,
                                  "altered": float((served != own).mean()), "unusual": float(unusual.mean()),
+                                 "marked": summary.marked, "spared": summary.spared,
                                  "accuracy_served": float((served == natural_y[idx]).mean()),
                                  "accuracy_model": float((own == natural_y[idx]).mean()),
                                  "alerts": first_alert(name), "victim_accuracy": victim_acc})
@@ -195,9 +198,10 @@ def main() -> None:
                         t0 = time.time()
                         stolen = attack.run(target, ThiefData(pool, ood_x=ood[vname], seed=budget))
                         acc = tm.accuracy(stolen.model, data.x_test, data.y_test)
+                        summary = next(c for c in stores[vname].clients() if c.client_name == name)
                         row = {"victim": vname, "who": attack_name, "budget": budget, "marking": marked, "queries": stolen.info["queries"],
                                "clone_accuracy": acc, "victim_accuracy": victim_acc, "fraction": acc / victim_acc,
-                               "alerts": first_alert(name), "client": name, "seconds": round(time.time() - t0, 1)}
+                               "alerts": first_alert(name), "client": name, "spared": summary.spared, "seconds": round(time.time() - t0, 1)}
                         rows.append(row)
                         clones.append((row, stolen.model, data))
                         if args.save_clones:
@@ -269,6 +273,14 @@ def _p(p: float | None) -> str:
     return "—" if p is None else (f"{p:.1e}" if p < 0.01 else f"{p:.2f}")
 
 
+def _cap(cap: float | None) -> str:
+    return "none" if cap is None else f"{cap:g}"
+
+
+def _spared(r: dict[str, Any]) -> str:
+    return "—" if "spared" not in r or not r["marking"] else str(r["spared"])
+
+
 def _named(r: dict[str, Any]) -> str:
     def who(name: str | None) -> str:
         return "none" if name is None else ("own client" if name == r["client"] else f"WRONG ({name})")
@@ -304,6 +316,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, profiles: dict[
     split = "; ".join(f"{name}: typical {100 * p['typical_rate']:.3g}%, unusual {100 * p['unusual_rate']:.3g}%"
                       for name, p in sorted(profiles.items()))
     boost = next(iter(profiles.values()))["boost"] if profiles else 1.0
+    cap = getattr(args, "cap", None)
     lines = [
         "## Extraction resistance (response marking, clone attribution, stealing monitor)",
         "",
@@ -311,33 +324,37 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, profiles: dict[
         f"first {VICTIM_TRAIN:,} training images; thief pool in-domain = the other 20,000 (held out), out-of-domain = 20,000 "
         "Fashion-MNIST images against the MNIST victim, and MNIST against the Fashion-MNIST victim. Thieves: IBM ART 1.20 "
         f"`CopycatCNN` / `KnockoffNets` (random sampling), `small_cnn`, {args.epochs} epochs, querying the real server over loopback "
-        f"HTTP. Marking rate {args.rate:g} (default) with a marking profile (boost {boost:g}, 2% of in-distribution inputs "
+        f"HTTP. Marking rate {args.rate:g} and per-client budget (cap) {_cap(cap)}{' (defaults)' if (args.rate, cap) == (DEFAULT_RATE, DEFAULT_CAP) else ''} "
+        f"with a marking profile (boost {boost:g}, 2% of in-distribution inputs "
         f"unusual; calibrated on the victim's training images, seed 0: {split}). Monitor at default thresholds (PRADA W < 0.90, "
         "> 10,000 queries/day, class-mix TV > 0.5). Attribution: every client with marks is tested (Bonferroni over all of them; "
         "'own p' is the thief's own client); p from the rank test on the clone's scores, 'label p' from its labels only. "
         "'Own marks reproduced': served labels the clone ranks first among the other classes / marks, the rank sum "
         "(null mean 4 per mark), and label agreements / answers off the model's label. Without marking, the same thief "
-        "is a client whose marking rate is 0. Honest rows: 'unusual' is the share of the client's queries above the profile's threshold.",
+        "is a client whose marking rate is 0. Honest rows: 'unusual' is the share of the client's queries above the profile's threshold. "
+        "'Spared': drawn marks the budget answered honestly (typical inputs once the client's marks reached cap × its answers).",
         "",
-        "| victim | client | budget | marking | clone acc / victim | answers altered | own marks reproduced | own p (scores) | own p (labels) | client named | monitor alert (signal@queries) |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|",
+        f"| victim | client | budget | marking (rate {args.rate:g}, cap {_cap(cap)}) | clone acc / victim | answers altered | spared | own marks reproduced | own p (scores) | own p (labels) | client named | monitor alert (signal@queries) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         if r["who"] == "honest":
             drop = 100 * (r["accuracy_model"] - r["accuracy_served"])
             lines.append(f"| {r['victim']} | honest (natural images; {100 * r['unusual']:.1f}% unusual) | {r['budget']:,} | "
                          f"{'on' if r['marking'] else 'off'} | served acc {100 * r['accuracy_served']:.2f}% (−{drop:.2f} pt) | "
-                         f"{100 * r['altered']:.2f}% | — | — | — | — | {r['alerts']} |")
+                         f"{100 * r['altered']:.2f}% | {_spared(r)} | — | — | — | — | {r['alerts']} |")
             continue
         marks = _marks(r) if r["marking"] else "—"
         lines.append(f"| {r['victim']} | {r['who']} | {r['budget']:,} | {'on' if r['marking'] else 'off'} | {r['fraction']:.3f} | "
-                     f"{100 * r.get('own_marked', 0) / r['queries']:.2f}% | {marks} | {_p(r.get('own_p')) if r['marking'] else '—'} | "
+                     f"{100 * r.get('own_marked', 0) / r['queries']:.2f}% | {_spared(r)} | {marks} | {_p(r.get('own_p')) if r['marking'] else '—'} | "
                      f"{_p(r.get('own_p_label')) if r['marking'] else '—'} | {_named(r)} | {r['alerts']} |")
     lines += ["", f"Against issue 7's bars: {_bars(rows)}."]
     for extra in sorted(OUT.parent.glob(EXTRA_RUNS)):
         doc = json.loads(extra.read_text())
         a = doc["args"]
-        lines += ["", f"Same thieves at marking rate {a['rate']:g}, boost {a['boost']:g} (`--rate {a['rate']:g} --boost {a['boost']:g} "
+        budget = (f"cap {_cap(a['cap'])}" if "cap" in a else "no budget (a run from before the budget existed)")
+        cap_flag = f" --cap {_cap(a['cap'])}" if "cap" in a else ""
+        lines += ["", f"Same thieves at marking rate {a['rate']:g}, {budget}, boost {a['boost']:g} (`--rate {a['rate']:g}{cap_flag} --boost {a['boost']:g} "
                   f"--budgets {' '.join(map(str, a['budgets']))} --attacks {' '.join(a['attacks'])} --no-unmarked"
                   f"{' --no-honest' if a.get('no_honest') else ''} --out {extra.relative_to(ROOT)}`; a separate server and marking "
                   f"secret, so other marks and Bonferroni over fewer clients): {_bars(doc['rows'])}.", "",

@@ -48,13 +48,14 @@ def secret_file(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def serve_marked(tmp_path: Path, secret_file: Path) -> Callable[..., Any]:
-    """``with serve_marked(module, **config) as s:`` — marking on (secret from a 0600 file), no rate limit to speak of."""
+    """``with serve_marked(module, **config) as s:`` — marking on (secret from a 0600 file), no rate limit to speak of,
+    and the marking budget out of the way (cap 0.5) unless a test sets ``marking_cap``."""
 
     @contextmanager
     def start(module: nn.Module, **overrides: Any) -> Iterator[Served]:
         settings = dict(model="in-memory", clients_db=str(tmp_path / "clients.sqlite"), audit_db=str(tmp_path / "audit.sqlite"),
                         responses_db=str(tmp_path / "responses.sqlite"), marking=True, marking_secret=str(secret_file),
-                        rate=1e6, burst=1e6)
+                        rate=1e6, burst=1e6, marking_cap=0.5)
         settings.update(overrides)
         config = ServeConfig(**settings)
         app = create_app(from_module(module, "digits-cnn"), config)

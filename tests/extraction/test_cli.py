@@ -41,7 +41,8 @@ def test_secret_rate_and_list_commands(tmp_path: Path) -> None:
     assert runner.invoke(app, ["responses", "rate", "alice", "0.02", *common]).exit_code == 0
     assert ResponseStore(tmp_path / "r.sqlite").rate(alice.id) == 0.02
     listed = runner.invoke(app, ["responses", "list", "--responses-db", str(tmp_path / "r.sqlite"), "--json"])
-    assert json.loads(listed.stdout)["items"] == [{"client_id": alice.id, "client_name": "alice", "marked": 0, "rate": 0.02}]
+    assert json.loads(listed.stdout)["items"] == [{"client_id": alice.id, "client_name": "alice", "marked": 0, "rate": 0.02,
+                                                      "answered": 0, "spared": 0}]
     assert runner.invoke(app, ["responses", "rate", "alice", "default", *common]).exit_code == 0
     assert ResponseStore(tmp_path / "r.sqlite").rate(alice.id) is None
     bad = runner.invoke(app, ["responses", "rate", "alice", "0.7", *common])

@@ -43,7 +43,7 @@ def stolen(tmp_path_factory: pytest.TempPathFactory, victim: nn.Module, digits: 
     secret = MarkingSecret(bytes(range(1, 33))).save(root / "marking.secret")
     config = ServeConfig(model="in-memory", clients_db=str(root / "clients.sqlite"), audit_db=str(root / "audit.sqlite"),
                          responses_db=str(root / "responses.sqlite"), marking=True, marking_secret=str(secret),
-                         marking_rate=0.05, rate=1e6, burst=1e6)
+                         marking_rate=0.05, marking_cap=0.5, rate=1e6, burst=1e6)
     clients = ClientStore(config.clients_db)
     alice = clients.add("alice")
     bob = clients.add("bob", policy=OutputPolicy("probabilities"))

@@ -77,7 +77,7 @@ def test_marker_keeps_only_marked_inputs_and_honours_client_rates(tmp_path: Path
     x = rng.random((2000, 1, 8, 8), dtype=np.float32)
     probs = rng.dirichlet(np.ones(10), size=len(x))
     store = ResponseStore(tmp_path / "r.sqlite")
-    marker = ResponseMarker(SECRET, store, rate=0.02)
+    marker = ResponseMarker(SECRET, store, rate=0.02, cap=None)
     alice, bob = _client("alice"), _client("bob")
     store.set_rate(bob, 0.0)
     out = marker(alice, x, Answers(probs.argmax(1), probs))
@@ -137,12 +137,12 @@ def test_marked_answer_is_refused_when_its_evidence_cannot_be_kept(tmp_path: Pat
     from tracemark.extraction import MarkingWriteError
 
     store = ResponseStore(tmp_path / "r.sqlite")
-    marker = ResponseMarker(SECRET, store, rate=0.5)
+    marker = ResponseMarker(SECRET, store, rate=0.5, cap=None)
 
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "record", broken)
+    monkeypatch.setattr(store, "settle", broken)
     x = np.random.default_rng(3).random((8, 1, 8, 8), dtype=np.float32)
     probs = np.full((8, 10), 0.1)
     with pytest.raises(MarkingWriteError, match="not answered") as caught:

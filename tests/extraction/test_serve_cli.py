@@ -28,7 +28,7 @@ def test_marking_and_monitor_across_two_workers(tmp_path: Path, victim, digits) 
            "TRACEMARK_RESPONSES_DB": str(tmp_path / "responses.sqlite")}
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, "serve", str(model), "--port", str(port), "--workers", "2", "--threads", "1",
-         "--rate", "100000", "--burst", "100000", "--marking", "--marking-secret", str(secret), "--marking-rate", "0.1",
+         "--rate", "100000", "--burst", "100000", "--marking", "--marking-secret", str(secret), "--marking-rate", "0.1", "--marking-cap", "0.5",
          "--monitor", "--monitor-volume", "150"],
         env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -133,7 +133,7 @@ def calibrate(data: str = typer.Option(..., "--data", help="In-distribution imag
 
 @responses_app.command("list")
 def list_clients(responses_db: Path = RESPONSES_DB_OPT, as_json: bool = JSON_OPT) -> None:
-    """Clients with marked answers (the evidence) or their own marking rate."""
+    """Clients with marked answers (the evidence), answered inputs, marks spared by the budget, or their own marking rate."""
     from tracemark.extraction.store import ResponseStore
 
     _require(responses_db)
@@ -151,7 +151,8 @@ class _Summary:
     def __str__(self) -> str:
         s = self.summary
         own = f", own rate {s.rate:g}" if s.rate is not None else ""  # type: ignore[attr-defined]
-        return f"{s.client_name} ({s.client_id}): {s.marked} marked answers{own}"  # type: ignore[attr-defined]
+        return (f"{s.client_name} ({s.client_id}): {s.marked} marked answers, {s.answered} inputs answered (as counted so far), "  # type: ignore[attr-defined]
+                f"{s.spared} drawn marks spared by the budget{own}")  # type: ignore[attr-defined]
 
 
 def _require(path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from tracemark.cli._output import emit, error_console
-from tracemark.extraction.settings import DEFAULT_RATE
+from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE
 from tracemark.serve.errors import ServeConfigError
 
 CLIENTS_DB_OPT = typer.Option(Path("clients.sqlite"), "--clients-db", envvar="TRACEMARK_CLIENTS_DB", help="Client store (SQLite).")
@@ -117,6 +117,8 @@ def serve(
     marking_secret: Optional[Path] = typer.Option(None, "--marking-secret", help="Marking master secret file "
                                                   "(`tracemark responses secret`; default $TRACEMARK_MARKING_SECRET)."),
     marking_rate: float = typer.Option(DEFAULT_RATE, help="Default fraction of each client's inputs to mark (with a marking profile: the average over in-distribution inputs)."),
+    marking_cap: float = typer.Option(DEFAULT_CAP, help="Budget: a client's marked answers stay within this fraction of the inputs "
+                                                        "answered to it (only typical inputs are held back; unusual ones are always marked)."),
     responses_db: Path = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
                                       help="Store of marked responses (the evidence; SQLite)."),
     monitor: bool = typer.Option(False, "--monitor", help="Watch each client's queries for stealing (PRADA, volume, class coverage)."),
@@ -142,7 +144,7 @@ def serve(
         default_policy=_policy(output, top_k, decimals), rate=rate, burst=burst,
         retention_days=retention_days or None, audit_sync=audit_sync, torch_threads=threads,
         unlock=UnlockSpec(passphrase_env, tuple(str(k) for k in keys), tcti if tpm else None, machine, str(vendor_pub) if vendor_pub else None),
-        marking=marking, marking_secret=str(marking_secret) if marking_secret else None, marking_rate=marking_rate,
+        marking=marking, marking_secret=str(marking_secret) if marking_secret else None, marking_rate=marking_rate, marking_cap=marking_cap,
         responses_db=str(responses_db), alerts_db=str(alerts_db) if alerts_db else None,
         monitor=MonitorSettings(prada_delta=monitor_prada or None, volume=monitor_volume or None,
                                 coverage_tv=monitor_coverage or None, throttle_rate=throttle_rate) if monitor else None,
@@ -178,7 +180,8 @@ def _announce(config, model_id: str) -> None:
         split = (f"; profile {profile.sha256[:16]}: typical inputs {profile.typical_rate(config.marking_rate):.3g}, unusual "
                  f"{profile.unusual_rate(config.marking_rate):.3g}" if profile else
                  "; no marking profile (uniform rate; `tracemark responses calibrate` marks unusual inputs more often)")
-        error_console.print(f"response marking on: default rate {config.marking_rate:g}{split}; evidence in {config.responses_db}",
+        error_console.print(f"response marking on: default rate {config.marking_rate:g}, budget {config.marking_cap:g} of each "
+                            f"client's answers{split}; evidence in {config.responses_db}",
                             highlight=False)
     if config.monitor is not None:
         error_console.print(f"stealing monitor on: alerts in {config.alerts_db or config.audit_db}", highlight=False)

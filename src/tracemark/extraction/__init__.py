@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "ResponseStoreError": "tracemark.extraction.errors",
     "ThrottledError": "tracemark.extraction.errors",
     "DEFAULT_RATE": "tracemark.extraction.settings",
+    "DEFAULT_CAP": "tracemark.extraction.settings",
     "MarkingSecret": "tracemark.extraction.marking",
     "ResponseMarker": "tracemark.extraction.marking",
     "MarkingProfile": "tracemark.extraction.profile",

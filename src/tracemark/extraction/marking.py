@@ -17,6 +17,22 @@ input, which is marked (or not) afresh.
 
 Only the marked inputs and their served answers are kept (:class:`~tracemark.extraction.store.ResponseStore`):
 they are the evidence that a clone learned from this client's answers.
+
+**Budget.** The keyed draw is a Bernoulli trial per input, so a client's drawn marks can exceed ``rate`` of its
+answers by chance. A per-client ``cap`` (default :data:`~tracemark.extraction.settings.DEFAULT_CAP`) bounds the
+realised marks: a *typical* input (every input without a profile; with one, those at the typical rate) whose draw
+says "mark" is marked only while the client's marks, this one included, stay within ``cap ×`` the inputs answered
+to it; otherwise it is *spared* — answered honestly, its key recorded, and answered honestly on every repeat.
+Inputs the profile calls unusual are marked whenever drawn (and count towards the total), so out-of-domain
+thieves keep their high marked share. The order for a drawn input is: key already marked → marked; key spared →
+honest; else the budget decides, and the decision is recorded in the same write transaction
+(:meth:`~tracemark.extraction.store.ResponseStore.settle`). Marking thus depends on the client's history, but
+the answer to a repeated input never changes.
+
+Each marker (one per server worker) counts the inputs it answered per client in memory and adds them to the
+store's per-client counter only inside that transaction, i.e. only when a drawn mark needs a decision; requests
+without one do not touch SQLite. Another worker's unadded answers make the counter lag, which only makes the
+budget stricter. :meth:`ResponseMarker.close` adds what is left.
 """
 
 from __future__ import annotations
@@ -38,8 +54,8 @@ from tracemark._util.files import atomic_write_text
 from tracemark.errors import TracemarkError
 from tracemark.extraction.errors import MarkingSecretError, MarkingWriteError
 from tracemark.extraction.profile import MarkingProfile
-from tracemark.extraction.settings import DEFAULT_RATE
-from tracemark.extraction.store import MarkedResponse, ResponseStore, check_rate
+from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE
+from tracemark.extraction.store import Candidate, MarkedResponse, ResponseStore, check_rate
 from tracemark.serve.clients import Client, utc_now
 from tracemark.targets.base import Answers
 
@@ -156,14 +172,17 @@ class ResponseMarker:
     ``rate`` is the default marked fraction; a client's own rate (``ResponseStore.set_rate``) overrides
     it and is re-read every few seconds, so running servers pick up changes. With a ``profile`` the rate is
     split between unusual and typical inputs (its average over in-distribution inputs stays ``rate``).
+    ``cap`` is the per-client budget on realised marks (see the module docstring); ``None``: no budget.
     """
 
     def __init__(self, secret: MarkingSecret, store: ResponseStore, rate: float = DEFAULT_RATE, step: float = DEFAULT_STEP,
-                 profile: MarkingProfile | None = None) -> None:
+                 profile: MarkingProfile | None = None, cap: float | None = DEFAULT_CAP) -> None:
         self.secret, self.store, self.rate, self.step = secret, store, check_rate(rate), float(step)
         self.profile = profile
+        self.cap = None if cap is None else check_rate(cap)
         self._keys: dict[str, bytes] = {}
         self._rates: dict[str, tuple[float, float]] = {}
+        self._pending: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
 
     def client_rate(self, client: Client) -> float:
@@ -185,31 +204,65 @@ class ResponseMarker:
             key = self._keys[client.id] = self.secret.client_key(client.id)
         return key
 
+    def _count(self, client: Client, n: int) -> None:
+        """Count ``n`` answered inputs locally (added to the store with the next budget decision or on close)."""
+        with self._lock:
+            self._pending[client.id] = (client.name, self._pending.get(client.id, ("", 0))[1] + n)
+
     def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
         rate = self.client_rate(client)
         if rate <= 0.0 or answers.probabilities is None:
+            self._count(client, len(inputs))
             return answers
         probs = np.asarray(answers.probabilities, dtype=np.float64)
         labels = np.asarray(answers.labels, dtype=np.int64)
         key, k = self._key(client), probs.shape[1]
-        rates = self.profile.rates(inputs, rate, self.step) if self.profile is not None else np.full(len(inputs), rate)
-        marked: list[MarkedResponse] = []
+        if self.profile is not None:
+            rates, typical = self.profile.rates(inputs, rate, self.step), self.profile.typical_rate(rate)
+        else:
+            rates, typical = np.full(len(inputs), rate), rate
+        drawn: list[tuple[int, Candidate]] = []
         for i, x in enumerate(inputs):
             decision = decide(key, x, float(rates[i]), k, self.step)
             if not decision.marked:
                 continue
-            if not marked:
-                labels, probs = labels.copy(), probs.copy()
             model_label = int(labels[i])
-            labels[i], probs[i] = marked_answer(model_label, probs[i], decision.offset)
-            marked.append(MarkedResponse(input_key(x, self.step), np.asarray(x, dtype=np.float32), model_label, int(labels[i]), probs[i]))
+            wrong, row = marked_answer(model_label, probs[i], decision.offset)
+            response = MarkedResponse(input_key(x, self.step), np.asarray(x, dtype=np.float32), model_label, wrong, row)
+            drawn.append((i, Candidate(response, bool(rates[i] > typical), len(inputs) - 1 - i)))
+        if not drawn:
+            self._count(client, len(inputs))
+            return answers
+        with self._lock:
+            earlier = self._pending.pop(client.id, ("", 0))[1]
+        try:
+            served = self.store.settle(client, earlier + len(inputs), [c for _, c in drawn], self.cap, utc_now())
+        except (sqlite3.Error, OSError, TracemarkError) as exc:  # the answer must not go out without its evidence
+            self._count(client, earlier)  # this request is refused: only the earlier answers stay counted
+            raise MarkingWriteError(f"the marked-response store cannot record this answer ({exc}); it was not answered") from exc
+        marked = [(i, c.response) for (i, c), mark in zip(drawn, served) if mark]
         if not marked:
             return answers
-        try:
-            self.store.record(client, marked, utc_now())
-        except (sqlite3.Error, OSError, TracemarkError) as exc:  # the answer must not go out without its evidence
-            raise MarkingWriteError(f"the marked-response store cannot record this answer ({exc}); it was not answered") from exc
+        labels, probs = labels.copy(), probs.copy()
+        for i, response in marked:
+            labels[i], probs[i] = response.served_label, response.probabilities
         return Answers(labels, probs)
+
+    def flush(self) -> None:
+        """Add the locally counted answered inputs of every client to the store (one transaction)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        try:
+            self.store.add_answered(pending)
+        except BaseException:
+            with self._lock:
+                for cid, (name, n) in pending.items():
+                    self._pending[cid] = (name, self._pending.get(cid, ("", 0))[1] + n)
+            raise
+
+    def close(self) -> None:
+        """Flush the answered counts (call when the server worker stops)."""
+        self.flush()
 
 
 __all__ = [

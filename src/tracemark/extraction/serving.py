@@ -29,10 +29,17 @@ class HookChain:
             answers = hook(client, inputs, answers)
         return answers
 
+    def close(self) -> None:
+        """Close every hook that can be closed (the response marker adds its answered counts to the store)."""
+        for hook in self.hooks:
+            close = getattr(hook, "close", None)
+            if close is not None:
+                close()
+
 
 def hook_from_config(config: ServeConfig) -> AnswerHook | None:
     """The stealing monitor (sees the model's own labels) then the response marker (with the store's marking profile,
-    if one was calibrated), as ``config`` asks; ``None`` if neither."""
+    if one was calibrated, and the per-client budget ``config.marking_cap``), as ``config`` asks; ``None`` if neither."""
     hooks: list[AnswerHook] = []
     if config.monitor is not None:
         from tracemark.extraction.monitor import AlertStore, StealingMonitor
@@ -45,7 +52,7 @@ def hook_from_config(config: ServeConfig) -> AnswerHook | None:
 
         store = ResponseStore(config.responses_db)
         hooks.append(ResponseMarker(MarkingSecret.resolve(config.marking_secret), store, config.marking_rate,
-                                    config.marking_step, store.profile()))
+                                    config.marking_step, store.profile(), config.marking_cap))
     if not hooks:
         return None
     return hooks[0] if len(hooks) == 1 else HookChain(tuple(hooks))

@@ -7,11 +7,16 @@ from typing import Any
 
 from tracemark.extraction.errors import MonitorConfigError
 
-DEFAULT_RATE = 0.003
+DEFAULT_RATE = 0.005
 """Default fraction of a client's distinct inputs answered with a keyed wrong label (with a marking profile: the
-average over in-distribution inputs). DAWN keeps it under 0.5%; 0.3% keeps the realised share of altered honest
-answers under 0.5% with room for chance (at 5,000 queries 0.5% is 2.6 standard deviations above 0.3%; at
-1,000 queries about 1 in 12 honest clients would still see 6 or more of their answers altered, i.e. above 0.5%)."""
+average over in-distribution inputs). DAWN keeps it under 0.5%. At 0.5% a client's *drawn* marks are a Bernoulli
+count that would often exceed 0.5% of its answers by chance; the per-client budget (:data:`DEFAULT_CAP`) withholds
+marks from typical inputs so an honest in-distribution client's realised share stays at or under the cap, while an
+in-domain thief at 5,000 answers still draws about 20 marks (about 15 at the earlier 0.3% without a budget)."""
+DEFAULT_CAP = 0.005
+"""Default per-client budget on realised marks: a client's marked inputs may not exceed ``cap × (inputs answered to
+it)``. Only typical inputs are held back; inputs a marking profile calls unusual are marked whenever drawn and count
+towards the total. The first ``1 / cap`` answers of a client (200 at the default) therefore get no typical marks."""
 
 
 MAX_RATE = 0.5
@@ -66,4 +71,4 @@ class MonitorSettings:
         return cls(**{**raw, "prior": tuple(prior) if prior is not None else None})
 
 
-__all__ = ["MonitorSettings", "DEFAULT_RATE", "MAX_RATE", "DEFAULT_BOOST", "DEFAULT_COMPONENTS", "DEFAULT_UNUSUAL_SHARE"]
+__all__ = ["MonitorSettings", "DEFAULT_RATE", "DEFAULT_CAP", "MAX_RATE", "DEFAULT_BOOST", "DEFAULT_COMPONENTS", "DEFAULT_UNUSUAL_SHARE"]

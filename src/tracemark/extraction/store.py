@@ -1,10 +1,15 @@
 """The evidence of response marking: each client's marked inputs and the answers served (SQLite, WAL).
 
-Only marked inputs are kept — at the default rate about one in 300 of a client's distinct inputs —
+Only marked inputs are kept — at the default rate about one in 200 of a client's distinct inputs —
 with the model's own label, the served (wrong) label and the served probability row. Asking the
 same input again updates ``last_seen`` and ``times``; the first answer is never overwritten.
 Per-client marking rates live here too, so ``tracemark responses rate`` reaches running servers, and the
 marking profile (:mod:`~tracemark.extraction.profile`) that servers load when they start.
+
+The per-client marking budget (:meth:`ResponseStore.settle`) keeps two more things per client: a counter of the
+inputs answered (added to by each server worker when it next needs a budget decision, so it may lag, which only
+makes the budget stricter), and the keys — only the keys, not the inputs — of *spared* inputs: typical inputs
+whose keyed draw said "mark" but which the budget answered honestly, and which are answered honestly from then on.
 """
 
 from __future__ import annotations
@@ -51,6 +56,17 @@ CREATE TABLE IF NOT EXISTS profile (
     document TEXT NOT NULL,
     set_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS spared (
+    client_id TEXT NOT NULL,
+    input_key TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (client_id, input_key)
+);
+CREATE TABLE IF NOT EXISTS answered (
+    client_id TEXT PRIMARY KEY,
+    client_name TEXT NOT NULL,
+    inputs INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rates (
     client_id TEXT PRIMARY KEY,
     client_name TEXT NOT NULL,
@@ -62,6 +78,10 @@ _UPSERT = (
     "INSERT INTO marked (client_id, client_name, input_key, shape, input, model_label, served_label, probabilities,"
     " first_seen, last_seen, times) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
     " ON CONFLICT (client_id, input_key) DO UPDATE SET last_seen = excluded.last_seen, times = times + 1"
+)
+_ADD_ANSWERED = (
+    "INSERT INTO answered (client_id, client_name, inputs) VALUES (?, ?, ?)"
+    " ON CONFLICT (client_id) DO UPDATE SET inputs = inputs + excluded.inputs, client_name = excluded.client_name"
 )
 
 
@@ -84,6 +104,17 @@ class MarkedResponse:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """An input whose keyed draw says "mark", waiting for the budget: its would-be marked answer, whether the profile
+    calls it unusual (then the budget does not hold it back), and how many inputs of the same request come after it
+    (they are not counted as answered when it is decided)."""
+
+    response: MarkedResponse
+    unusual: bool
+    later: int = 0
+
+
+@dataclass(frozen=True)
 class MarkedSet:
     """One client's marked inputs (float32 N×C×H×W, as received) with the model's and the served labels."""
 
@@ -100,15 +131,19 @@ class MarkedSet:
 
 @dataclass(frozen=True)
 class ClientSummary:
-    """How many marked answers a client has received, and its own rate if set."""
+    """How many marked answers a client has received, its own rate if set, the inputs answered to it (as far as the
+    server workers have added them) and how many drawn marks the budget spared."""
 
     client_id: str
     client_name: str
     marked: int
     rate: float | None
+    answered: int = 0
+    spared: int = 0
 
     def to_dict(self) -> dict:
-        return {"client_id": self.client_id, "client_name": self.client_name, "marked": self.marked, "rate": self.rate}
+        return {"client_id": self.client_id, "client_name": self.client_name, "marked": self.marked, "rate": self.rate,
+                "answered": self.answered, "spared": self.spared}
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,12 @@ def load_export(path: str | os.PathLike[str]) -> list[MarkedSet]:
         raise ResponseStoreError(f"cannot read marked responses from {path}: {exc}") from exc
 
 
+def _row(client: Client, m: MarkedResponse, when: str) -> tuple:
+    return (client.id, client.name, m.input_key, ",".join(str(d) for d in m.x.shape),
+            zlib.compress(np.ascontiguousarray(m.x, dtype="<f4").tobytes()), m.model_label, m.served_label,
+            json.dumps([float(v) for v in m.probabilities]), when, when)
+
+
 class ResponseStore:
     """Marked inputs and served answers per client, and per-client marking rates, in one SQLite file."""
 
@@ -161,24 +202,76 @@ class ResponseStore:
     def record(self, client: Client, marked: Sequence[MarkedResponse], when: str | None = None) -> None:
         """Keep marked answers (first answer wins; repeats only count)."""
         when = when or utc_now()
-        rows = [
-            (client.id, client.name, m.input_key, ",".join(str(d) for d in m.x.shape),
-             zlib.compress(np.ascontiguousarray(m.x, dtype="<f4").tobytes()), m.model_label, m.served_label,
-             json.dumps([float(v) for v in m.probabilities]), when, when)
-            for m in marked
-        ]
+        rows = [_row(client, m, when) for m in marked]
         with self.db.write() as conn:
             conn.executemany(_UPSERT, rows)
 
+    def settle(self, client: Client, answered: int, candidates: Sequence[Candidate], cap: float | None,
+               when: str | None = None) -> list[bool]:
+        """Apply the marking budget to would-be marks, in ONE write transaction, and return which are served marked.
+
+        Adds ``answered`` (inputs answered to the client since this worker last added, including this request's) to
+        the client's counter, then decides each candidate in order: a key already marked stays marked (a repeat); a
+        key spared stays honest; an unusual input (or any input when ``cap`` is ``None``) is marked; otherwise the
+        input is marked only if the client's marks, this one included, stay within ``cap ×`` its answered inputs
+        (those after the candidate in the same request not counted), and spared (its key kept) if not."""
+        when = when or utc_now()
+        cap = None if cap is None else check_rate(cap)
+        served: list[bool] = []
+        with self.db.write() as conn:
+            if answered:
+                conn.execute(_ADD_ANSWERED, (client.id, client.name, int(answered)))
+            row = conn.execute("SELECT inputs FROM answered WHERE client_id = ?", (client.id,)).fetchone()
+            total = int(row[0]) if row else 0
+            count = conn.execute("SELECT COUNT(*) FROM marked WHERE client_id = ?", (client.id,)).fetchone()[0]
+            for c in candidates:
+                key = c.response.input_key
+                if conn.execute("SELECT 1 FROM marked WHERE client_id = ? AND input_key = ?", (client.id, key)).fetchone():
+                    mark = True
+                elif conn.execute("SELECT 1 FROM spared WHERE client_id = ? AND input_key = ?", (client.id, key)).fetchone():
+                    mark = False
+                else:
+                    mark = c.unusual or cap is None or count + 1 <= cap * (total - c.later) + 1e-9
+                    if mark:
+                        count += 1
+                    else:
+                        conn.execute("INSERT INTO spared (client_id, input_key, first_seen) VALUES (?, ?, ?)", (client.id, key, when))
+                if mark:
+                    conn.execute(_UPSERT, _row(client, c.response, when))
+                served.append(mark)
+        return served
+
+    def add_answered(self, counts: dict[str, tuple[str, int]]) -> None:
+        """Add inputs answered (client id → (name, count)) to the clients' counters, in one transaction."""
+        rows = [(cid, name, int(n)) for cid, (name, n) in counts.items() if n]
+        if rows:
+            with self.db.write() as conn:
+                conn.executemany(_ADD_ANSWERED, rows)
+
+    def answered(self, client_id: str) -> int:
+        """Inputs answered to a client, as far as the server workers have added them to the store."""
+        row = self.db.connection().execute("SELECT inputs FROM answered WHERE client_id = ?", (client_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def spared(self, client_id: str) -> set[str]:
+        """The input keys the budget spared for a client (answered honestly, now and on every repeat)."""
+        return {k for (k,) in self.db.connection().execute("SELECT input_key FROM spared WHERE client_id = ?", (client_id,))}
+
     def clients(self) -> list[ClientSummary]:
-        """Every client with marked answers or its own rate, by name."""
+        """Every client with marked answers, its own rate, answered inputs or spared marks, by name."""
         conn = self.db.connection()
         counts = {cid: (name, n) for cid, name, n in
                   conn.execute("SELECT client_id, MAX(client_name), COUNT(*) FROM marked GROUP BY client_id")}
         rates = {cid: (name, rate) for cid, name, rate in conn.execute("SELECT client_id, client_name, rate FROM rates")}
-        ids = set(counts) | set(rates)
-        found = [ClientSummary(cid, (counts.get(cid) or rates[cid])[0], counts.get(cid, ("", 0))[1],
-                               rates[cid][1] if cid in rates else None) for cid in ids]
+        answered = {cid: (name, n) for cid, name, n in conn.execute("SELECT client_id, client_name, inputs FROM answered")}
+        spared = dict(conn.execute("SELECT client_id, COUNT(*) FROM spared GROUP BY client_id").fetchall())
+        ids = set(counts) | set(rates) | set(answered) | set(spared)
+
+        def name(cid: str) -> str:
+            return next((d[cid][0] for d in (counts, rates, answered) if cid in d), "")
+
+        found = [ClientSummary(cid, name(cid), counts.get(cid, ("", 0))[1], rates[cid][1] if cid in rates else None,
+                               answered.get(cid, ("", 0))[1], int(spared.get(cid, 0))) for cid in ids]
         return sorted(found, key=lambda c: (c.client_name, c.client_id))
 
     def marked(self, client_id: str) -> MarkedSet:
@@ -236,4 +329,4 @@ class ResponseStore:
         return None if row is None else float(row[0])
 
 
-__all__ = ["ResponseStore", "ResponsesExport", "MarkedResponse", "MarkedSet", "ClientSummary", "check_rate", "load_export", "MAX_RATE"]
+__all__ = ["ResponseStore", "ResponsesExport", "MarkedResponse", "Candidate", "MarkedSet", "ClientSummary", "check_rate", "load_export", "MAX_RATE"]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracemark.extraction.settings import DEFAULT_RATE, MonitorSettings
+from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE, MonitorSettings
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.errors import ServeConfigError
 from tracemark.serve.model import ServedModel, from_file, from_package, is_package
@@ -55,7 +55,9 @@ class ServeConfig:
 
     Extraction resistance (docs/guide/extraction.md): ``marking`` turns response marking on, with the
     master secret read from the file ``marking_secret`` (or ``$TRACEMARK_MARKING_SECRET``), the evidence
-    kept in ``responses_db`` and ``marking_rate`` the default marked fraction; ``monitor`` (thresholds)
+    kept in ``responses_db``, ``marking_rate`` the default marked fraction and ``marking_cap`` the per-client
+    budget (a client's marks at most ``marking_cap ×`` its answered inputs; typical inputs are held back, unusual
+    ones never); ``monitor`` (thresholds)
     turns the stealing monitor on, its alerts going to ``alerts_db`` (default: the audit log's file).
     """
 
@@ -80,6 +82,7 @@ class ServeConfig:
     marking: bool = False
     marking_secret: str | None = None
     marking_rate: float = DEFAULT_RATE
+    marking_cap: float = DEFAULT_CAP
     marking_step: float = 1.0 / 255.0
     responses_db: str = "responses.sqlite"
     monitor: MonitorSettings | None = None
@@ -92,6 +95,8 @@ class ServeConfig:
             raise ServeConfigError(f"value range {self.value_range} is empty; give MIN,MAX with MIN < MAX")
         if not 0.0 <= self.marking_rate <= 0.5 or self.marking_step <= 0:
             raise ServeConfigError(f"marking rate must be a fraction in [0, 0.5] (got {self.marking_rate}) and the step > 0")
+        if not 0.0 <= self.marking_cap <= 0.5:
+            raise ServeConfigError(f"marking cap must be a fraction in [0, 0.5] (got {self.marking_cap})")
 
     @property
     def limits_shared(self) -> bool:

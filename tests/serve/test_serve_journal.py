@@ -92,14 +92,16 @@ def test_rows_of_a_crashed_server_are_imported_once_and_a_live_servers_are_left_
 
 def test_a_torn_last_line_is_skipped_and_a_reimported_segment_is_not_counted_twice(tmp_path: Path, store: ClientStore) -> None:
     log = AuditLog(tmp_path / "a.sqlite")
-    row = ["2026-01-01T00:00:00.000000Z", "c_1", "child", "r", 0, "a" * 64, "b" * 64, "label", '{"label":1}']
+    request = [1_767_225_600_123_456_789, "c_1", "child", "r", "label", "b" * 64, ["a" * 64, "c" * 64], [{"label": 1}, {"label": 2}]]
     segment = log.journal.dir / "999999-1-1.jsonl"
-    line = json.dumps(row).encode() + b"\n"
+    line = json.dumps(request).encode() + b"\n"
     segment.write_bytes(line + line + line[:20])  # a crash in the middle of the third write
     backup = segment.read_bytes()
-    assert log.flush() == 2 and log.count() == 2 and not segment.exists()
+    assert log.flush() == 4 and log.count() == 4 and not segment.exists()  # two requests of two inputs each
     segment.write_bytes(backup)  # as if the importer died after committing, before deleting the file
-    assert log.flush() == 0 and log.count() == 2 and not segment.exists()
+    assert log.flush() == 0 and log.count() == 4 and not segment.exists()
+    first = next(log.records())
+    assert (first.time, first.batch_index, first.input_sha256, first.answer) == ("2026-01-01T00:00:00.123456Z", 0, "a" * 64, {"label": 1})
 
 
 def test_a_full_disk_refuses_the_query_and_leaves_no_half_row(tmp_path: Path, store: ClientStore) -> None:

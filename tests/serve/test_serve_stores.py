@@ -49,6 +49,28 @@ def test_api_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
         store.revoke("nobody")
 
 
+def test_a_revocation_by_another_process_reaches_a_cached_key_on_its_next_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemark.serve.clients as clients_module
+
+    server, cli = ClientStore(tmp_path / "c.sqlite"), ClientStore(tmp_path / "c.sqlite")  # two processes' views
+    token = cli.add("acme").token
+    assert server.authenticate(token).name == "acme"  # now cached by the server
+    before = server.changes.value
+    cli.revoke("acme")
+    assert server.changes.value == before + 1
+    with pytest.raises(RevokedApiKeyError):
+        server.authenticate(token)
+
+    other = cli.add("globex").token
+    assert server.authenticate(other).active
+    with sqlite3.connect(tmp_path / "c.sqlite") as conn:  # a change made around the API does not bump the counter
+        conn.execute("UPDATE clients SET revoked = '2026-01-01T00:00:00Z' WHERE name = 'globex'")
+    assert server.authenticate(other).active  # the cached record, for at most CACHE_S
+    monkeypatch.setattr(clients_module, "CACHE_S", 0.0)
+    with pytest.raises(RevokedApiKeyError):
+        server.authenticate(other)
+
+
 def test_token_bucket_arithmetic() -> None:
     allowance = Allowance(rate=10.0, burst=20.0)
     assert take(20.0, 0.0, 0.0, 15, allowance) == (5.0, 0.0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +15,7 @@ from pathlib import Path
 from tracemark.serve.errors import ServeConfigError
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
+_COUNTER = struct.Struct("<Q")
 
 
 class SqliteFile:
@@ -74,3 +78,42 @@ class SqliteFile:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local.conn = None
+
+
+class ChangeCounter:
+    """A 64-bit counter in a small file next to a database, bumped after each change made through our API.
+
+    Readers map the file and compare one integer per request (well under a microsecond), so a process
+    can cache rows of the database and still see another process's change (a revoked key) on its very
+    next request. Changes made around the API (the ``sqlite3`` shell) do not bump it; cache holders
+    should also re-read after a short time.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _COUNTER.size:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size < _COUNTER.size:
+                    os.ftruncate(fd, _COUNTER.size)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._map = mmap.mmap(fd, _COUNTER.size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    @property
+    def value(self) -> int:
+        """The current count."""
+        return int(_COUNTER.unpack_from(self._map)[0])
+
+    def bump(self) -> int:
+        """Add one (under an exclusive lock, so concurrent bumps are not lost); returns the new count."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            value = int(_COUNTER.unpack(os.pread(fd, _COUNTER.size, 0))[0]) + 1
+            os.pwrite(fd, _COUNTER.pack(value), 0)
+            return value
+        finally:
+            os.close(fd)

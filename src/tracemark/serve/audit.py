@@ -128,16 +128,12 @@ class AuditLog:
                                fsync=self.db.synchronous == "FULL", interval=journal_interval, on_flush=self._maybe_purge)
 
     def record(self, client: Client, request_id: str, inputs: np.ndarray, answers: list[dict[str, Any]], policy: str) -> None:
-        """Write one row per input (all or none), then purge expired rows if an interval has passed."""
+        """Journal one request's rows, one per input (all or none), as one line; they reach the table within
+        ``JOURNAL_INTERVAL_S``. Only hashing and one ``write`` happen here; the rows are formatted on import."""
         data = np.ascontiguousarray(inputs, dtype="<f4")
-        batch_sha = hashlib.sha256(data.tobytes()).hexdigest()
-        now = utc_now()
-        rows = [
-            (now, client.id, client.name, request_id, i, hashlib.sha256(data[i].tobytes()).hexdigest(), batch_sha, policy,
-             json.dumps(answer, separators=(",", ":")))
-            for i, answer in enumerate(answers)
-        ]
-        self.journal.append(rows)
+        batch_sha = hashlib.sha256(data).hexdigest()
+        input_shas = [batch_sha] if len(data) == 1 else [hashlib.sha256(item).hexdigest() for item in data]
+        self.journal.append([time.time_ns(), client.id, client.name, request_id, policy, batch_sha, input_shas, answers])
 
     def flush(self) -> int:
         """Move journaled rows into the table now (this process's, and those of servers that have stopped)."""
@@ -209,8 +205,21 @@ class AuditLog:
         return AuditExport(str(path), len(records), hashlib.sha256(data).hexdigest(), first, last)
 
 
-def _import_rows(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+def _iso_ns(ns: int) -> str:
+    """A Unix time in nanoseconds as :func:`~tracemark.serve.clients.utc_now` writes times."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+def _import_rows(conn: sqlite3.Connection, requests: list[list[Any]]) -> int:
+    """Insert the rows of journaled requests (as :meth:`AuditLog.record` wrote them); returns how many."""
+    rows = [
+        (_iso_ns(ns), client_id, client_name, request_id, i, input_sha, batch_sha, policy, json.dumps(answer, separators=(",", ":")))
+        for ns, client_id, client_name, request_id, policy, batch_sha, input_shas, answers in requests
+        for i, (input_sha, answer) in enumerate(zip(input_shas, answers, strict=True))
+    ]
     conn.executemany(_INSERT, rows)
+    return len(rows)
 
 
 __all__ = ["AuditLog", "AuditRecord", "AuditExport", "EXPORT_FORMAT"]

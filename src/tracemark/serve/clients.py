@@ -7,11 +7,14 @@ import os
 import re
 import secrets
 import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tracemark.package.licence import OutputPolicy
-from tracemark.serve._db import SqliteFile
+from tracemark.serve._db import ChangeCounter, SqliteFile
 from tracemark.serve.errors import (
     MissingApiKeyError,
     RevokedApiKeyError,
@@ -37,6 +40,10 @@ CREATE TABLE IF NOT EXISTS clients (
 );
 """
 _COLUMNS = "id, name, created, revoked, output_mode, top_k, decimals, rate, burst"
+CACHE_S = 1.0
+"""Longest a server trusts a cached client record without re-reading it. Changes made with ``tracemark clients``
+reach every server on its next request; this bounds the delay for changes made around it (e.g. the sqlite3 shell)."""
+_CACHE_MAX = 10_000
 
 
 def utc_now() -> str:
@@ -99,10 +106,24 @@ def _row(row: tuple) -> Client:
 
 
 class ClientStore:
-    """Clients and their hashed API keys in a SQLite file (WAL; safe across server workers)."""
+    """Clients and their hashed API keys in a SQLite file (WAL; safe across server workers).
+
+    :meth:`authenticate` keeps the records it has read in memory, and drops them all when another
+    process changes the store (``<store>.changes`` counts the changes), so a revocation takes effect on
+    the next request of every server.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.db = SqliteFile(path, _SCHEMA)
+        self.changes = ChangeCounter(self.db.path.with_name(self.db.path.name + ".changes"))
+        self._cache: dict[str, tuple[Client, int, float]] = {}
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; once it commits, every process's cached records are stale."""
+        with self.db.write() as conn:
+            yield conn
+        self.changes.bump()
 
     def add(self, name: str, policy: OutputPolicy | None = None, rate: float | None = None, burst: float | None = None) -> IssuedKey:
         """Create a client and its API key; ``rate`` is in queries (inputs) per second, ``burst`` in queries."""
@@ -114,7 +135,7 @@ class ClientStore:
         client = Client("c_" + secrets.token_hex(8), name, utc_now(), None, policy, rate, burst)
         mode, top_k, decimals = (policy.mode, policy.top_k, policy.decimals) if policy else (None, None, None)
         try:
-            with self.db.write() as conn:
+            with self._write() as conn:
                 conn.execute(
                     "INSERT INTO clients (id, name, key_sha256, created, revoked, output_mode, top_k, decimals, rate, burst)"
                     " VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
@@ -142,7 +163,7 @@ class ClientStore:
         """Revoke a client's key at once (already revoked: unchanged); returns the client."""
         client = self.get(name_or_id)
         if client.revoked is None:
-            with self.db.write() as conn:
+            with self._write() as conn:
                 conn.execute("UPDATE clients SET revoked = ? WHERE id = ? AND revoked IS NULL", (utc_now(), client.id))
         return self.get(client.id)
 
@@ -150,12 +171,18 @@ class ClientStore:
         """The active client holding ``token``; raises 401 (missing, unknown) or 403 (revoked) errors."""
         if not token:
             raise MissingApiKeyError("no API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        row = self.db.connection().execute(
-            f"SELECT {_COLUMNS} FROM clients WHERE key_sha256 = ?", (hash_token(token),)
-        ).fetchone()
-        if row is None:
-            raise UnknownApiKeyError("API key not recognised")
-        client = _row(row)
+        digest, changes, now = hash_token(token), self.changes.value, time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] == changes and now - cached[2] < CACHE_S:
+            client = cached[0]
+        else:
+            row = self.db.connection().execute(f"SELECT {_COLUMNS} FROM clients WHERE key_sha256 = ?", (digest,)).fetchone()
+            if row is None:  # unknown keys are not cached: a flood of made-up keys must not grow memory
+                raise UnknownApiKeyError("API key not recognised")
+            client = _row(row)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (client, changes, now)
         if client.revoked is not None:
             raise RevokedApiKeyError(f"API key of client {client.name!r} was revoked at {client.revoked}")
         return client

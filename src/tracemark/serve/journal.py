@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ IMPORTED_SCHEMA = "CREATE TABLE IF NOT EXISTS journal_imported (segment TEXT PRI
 
 FORGET_EVERY_S = 600.0
 ABANDONED_AFTER_S = 60.0
-Importer = Callable[[sqlite3.Connection, list[list[Any]]], None]
+Importer = Callable[[sqlite3.Connection, list[Any]], int]
+"""Inserts a segment's records into the database (inside the caller's transaction); returns the rows inserted."""
 
 
 @dataclass
@@ -67,8 +68,8 @@ def _abandoned(path: Path) -> bool:
         os.close(fd)
 
 
-def _parse(data: bytes) -> list[list[Any]]:
-    """The complete rows of a segment (a torn last line, from a crash mid-write, is dropped)."""
+def _parse(data: bytes) -> list[Any]:
+    """The complete records of a segment (a torn last line, from a crash mid-write, is dropped)."""
     lines = data.split(b"\n")
     return [json.loads(line) for line in lines[:-1] if line]
 
@@ -101,9 +102,9 @@ class Journal:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ request path
-    def append(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Append ``rows`` durably (one write; fsync when asked), or raise ``OSError`` with nothing half-written."""
-        data = b"".join(json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows)
+    def append(self, record: Any) -> None:
+        """Append one JSON record durably (one write; fsync when asked), or raise ``OSError`` with nothing half-written."""
+        data = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             segment = self._segment()
             try:
@@ -199,20 +200,20 @@ class Journal:
         """Move one locked segment into SQLite (rows and name in one transaction), then delete it."""
         conn = self._connection()
         with segment.path.open("rb") as handle:
-            rows = _parse(handle.read())
+            records = _parse(handle.read())
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = conn.execute("SELECT 1 FROM journal_imported WHERE segment = ?", (segment.path.name,)).fetchone()
             if done is None:
-                self._importer(conn, rows)
+                rows = self._importer(conn, records)
                 conn.execute("INSERT INTO journal_imported (segment, rows, time) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-                             (segment.path.name, len(rows)))
+                             (segment.path.name, rows))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
         segment.path.unlink(missing_ok=True)
-        return 0 if done is not None else len(rows)
+        return 0 if done is not None else rows
 
     def _forget_old_names(self) -> None:
         """Drop the names of segments imported over an hour ago (a segment is deleted right after its import;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -93,7 +94,9 @@ def run_demo(out_dir: str | Path = "demo-output", seed: int = 0, show_progress: 
     fit(model, to_tensor_dataset(owner_x, owner_y), epochs=20, seed=seed, show_progress=show_progress, description="training base model")
     save_model(model, out / "base.safetensors")
 
-    key = WatermarkKey.generate("content", images=data.x_train, labels=data.y_train, n_triggers=100, name="demo")
+    # the key is derived from the demo's seed, so a run is reproducible (a real key takes fresh random bytes)
+    key_seed = hashlib.sha256(f"tracemark-demo-key/{seed}".encode()).digest()
+    key = WatermarkKey.generate("content", images=data.x_train, labels=data.y_train, n_triggers=100, name="demo", seed=key_seed)
     key.save(out / "watermark.key")
     trigger_grid(key.triggers(), out / "triggers.png", title="content triggers (secret drawing, keyed labels)")
     # digits has 360 test images (one image = 0.28 points), so the demo allows a 1-point wobble

@@ -11,7 +11,7 @@ from tracemark.cli._output import emit
 
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder for the demo's files."),
-    seed: int = typer.Option(0, help="Seed for training and the thief."),
+    seed: int = typer.Option(0, help="Seed for training, the demo key and the thief (a run is reproducible)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Train, mark and verify on scikit-learn's bundled digits, end to end (about a minute)."""

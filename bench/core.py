@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 
-import numpy as np
 import torch
 
 import tracemark as tm

@@ -4,12 +4,15 @@
 
 Three models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
 per-request costs dominate; *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms); and *large*,
-a 7.5M-parameter CNN on the same input (~5 ms). Each
+a 7.5M-parameter CNN on the same input (~5 ms). Three servers per model: *bare*, the model behind a plain
+FastAPI endpoint (what a team would otherwise deploy; the issue's bar is against it); *lean*, the same work
+behind tracemark's own ASGI predict endpoint with no protection (so protected ÷ lean is the cost of the
+protection alone); and *protected*, ``tracemark.serve``. Each
 server is its own uvicorn process (one worker, one torch thread); `wrk` (Debian package `wrk`)
 drives it with 1 connection (the latency one client sees on an idle server) and with 4 (a
 saturated worker, where latency is mostly queueing). Each round visits every (model, server,
-connections) triple, alternating which server of a pair goes first, so that background load hits
-both alike; ratios are protected/bare per round, then the median. A final sustained run against the
+connections) triple, rotating which server goes first, so that background load hits
+all alike; ratios are protected/bare and protected/lean per round, then the median. A final sustained run against the
 protected server counts errors and checks that the audit log holds exactly one row per
 answered query. Prints a markdown table; --write puts it into docs/benchmarks.md.
 """
@@ -42,6 +45,7 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 
 # ----------------------------------------------------------------------------- servers
 MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28), "large": (1, 28, 28)}
+KINDS = ("bare", "lean", "protected")
 
 
 def _model(size: str):
@@ -65,26 +69,41 @@ def _model(size: str):
     ).eval()
 
 
-def bare_app(size: str):
-    """The same model behind a plain FastAPI endpoint: parse, infer, answer labels. No protection."""
+def _bare_work(size: str):
+    """Parse, infer, answer labels: the unprotected work of one request."""
     import numpy as np
 
     from tracemark.serve.model import from_module
 
     served = from_module(_model(size), input_shape=MODELS[size])
+
+    def work(body: bytes) -> dict:
+        x = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
+        return {"labels": served.probabilities(x).argmax(axis=1).tolist()}
+
+    return work
+
+
+def bare_app(size: str):
+    """The same model behind a plain FastAPI endpoint: parse, infer, answer labels. No protection."""
+    work = _bare_work(size)
     app = FastAPI()
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()
-
-        def work() -> dict:
-            x = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
-            return {"labels": served.probabilities(x).argmax(axis=1).tolist()}
-
-        return JSONResponse(await run_in_threadpool(work))
+        return JSONResponse(await run_in_threadpool(work, body))
 
     return app
+
+
+def lean_app(size: str):
+    """The same work behind tracemark's plain ASGI predict endpoint, without any protection (no key, checks, limits, audit)."""
+    from tracemark.serve.endpoint import PredictEndpoint
+    from tracemark.serve.metrics import Metrics
+
+    work = _bare_work(size)
+    return PredictEndpoint(lambda _token, body: work(body), Metrics())
 
 
 def protected_app(workdir: str, size: str):
@@ -100,7 +119,7 @@ def run_server(kind: str, size: str, port: int, workdir: str) -> None:
     import uvicorn
 
     torch.set_num_threads(1)
-    app = bare_app(size) if kind == "bare" else protected_app(workdir, size)
+    app = {"bare": bare_app, "lean": lean_app}[kind](size) if kind in ("bare", "lean") else protected_app(workdir, size)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -159,7 +178,7 @@ def _machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", choices=["bare", "protected"])
+    parser.add_argument("--serve", choices=KINDS)
     parser.add_argument("--model", choices=sorted(MODELS), default="toy")
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir")
@@ -180,6 +199,7 @@ def main() -> None:
 
     from tracemark.serve import AuditLog, ClientStore
 
+    args.load_at_start = os.getloadavg()[0]
     sizes = [m for m in args.models.split(",") if m]
     conns = [int(c) for c in args.connections.split(",") if c]
     root = tempfile.mkdtemp(prefix="tracemark-bench-")
@@ -189,13 +209,13 @@ def main() -> None:
     tokens = {size: ClientStore(dirs[size] / "clients.sqlite").add("bench").token for size in sizes}
     rng = np.random.default_rng(0)
     bodies = {size: json.dumps({"inputs": rng.random((args.batch, *MODELS[size])).round(4).tolist()}) for size in sizes}
-    servers = {(kind, size): start(kind, size, str(dirs[size])) for size in sizes for kind in ("bare", "protected")}
+    servers = {(kind, size): start(kind, size, str(dirs[size])) for size in sizes for kind in KINDS}
     try:
         rows: dict[tuple[str, str, int], list[dict]] = {(kind, size, c): [] for kind, size in servers for c in conns}
         for r in range(args.rounds):
             for size in sizes:
                 for c in conns:
-                    for kind in (("bare", "protected") if r % 2 == 0 else ("protected", "bare")):
+                    for kind in KINDS[r % 3:] + KINDS[:r % 3]:
                         token = tokens[size] if kind == "protected" else None
                         rows[kind, size, c].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, c, root))
         size = sizes[0]
@@ -227,8 +247,12 @@ def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, 
     def med(kind: str, size: str, c: int, key: str) -> float:
         return statistics.median(r[key] for r in rows[kind, size, c])
 
-    def ratio(size: str, c: int, key: str) -> float:
-        return statistics.median(p[key] / b[key] for p, b in zip(rows["protected", size, c], rows["bare", size, c]))
+    def ratio(size: str, c: int, key: str, base: str = "bare") -> float:
+        return statistics.median(p[key] / b[key] for p, b in zip(rows["protected", size, c], rows[base, size, c]))
+
+    def per_round(base: str) -> str:
+        return "; ".join(f"{size} ×{c}: " + ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected", size, c], rows[base, size, c]))
+                         for size in sizes for c in conns)
 
     errors = sum(r["non2xx"] + r["socket_errors"] for runs in rows.values() for r in runs)
     sustained_rows = rows_total - before
@@ -240,14 +264,17 @@ def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, 
         "",
         f"Command: `python bench/serving.py --models {','.join(sizes)} --rounds {args.rounds} --seconds {args.seconds} "
         f"--batch {args.batch} --connections {args.connections} --sustained {args.sustained} --write`; machine: {_machine()} "
-        f"(shared with other work); date: {date.today().isoformat()}; Python {platform.python_version()}.",
+        f"(1-minute load average {args.load_at_start:.1f} at the start); date: {date.today().isoformat()}; Python {platform.python_version()}.",
         "",
         f"`wrk -t1` with {' and '.join(map(str, conns))} connection(s) over loopback, POST of a batch of {args.batch} input(s) as JSON "
         "(one uvicorn worker, one torch thread per server). *Bare*: the same model behind a plain FastAPI endpoint (parse, "
-        "infer, labels). *Protected*: `tracemark.serve` — API key lookup (SQLite), body-size guard, shape/dtype/range/NaN "
-        "checks, token bucket, output policy, one audit row per input (journal append per request, imported into SQLite WAL in batches), "
-        f"metrics. Rounds of {args.seconds} s alternate bare/protected; ratios are protected ÷ bare per round, median over "
-        f"{args.rounds} rounds. Bar: p50 ratio ≤ 1.10.",
+        "infer, labels), what a team would otherwise deploy. *Lean*: the same work behind tracemark's plain ASGI predict "
+        "endpoint, with no protection at all. *Protected*: `tracemark.serve` — API key check (cached, revocations seen on the next "
+        "request), body-size guard, shape/dtype/range/NaN checks, token bucket, output policy, one audit row per input (journal "
+        "append per request, imported into SQLite WAL in batches), metrics; its predict path is the lean endpoint, the "
+        f"other routes FastAPI. Rounds of {args.seconds} s rotate the order of the three servers; ratios are per round, "
+        f"median over {args.rounds} rounds. Bar (issue 6): protected ÷ bare p50 ≤ 1.10; protected ÷ lean is the cost of "
+        "the protection alone.",
         "",
         "| model | connections | server | p50 latency (ms) | p99 latency (ms) | throughput (req/s) |",
         "|---|---|---|---|---|---|",
@@ -255,12 +282,13 @@ def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, 
     for size in sizes:
         for c in conns:
             lines += [f"| {described.get(size, size)} | {c} | {kind} | {med(kind, size, c, 'p50') * 1e3:.2f} | "
-                      f"{med(kind, size, c, 'p99') * 1e3:.2f} | {med(kind, size, c, 'rps'):.0f} |" for kind in ("bare", "protected")]
+                      f"{med(kind, size, c, 'p99') * 1e3:.2f} | {med(kind, size, c, 'rps'):.0f} |" for kind in KINDS]
             lines.append(f"| | | **protected ÷ bare** | **{ratio(size, c, 'p50'):.2f}×** | {ratio(size, c, 'p99'):.2f}× | "
                          f"{ratio(size, c, 'rps'):.2f}× |")
-    lines += ["", "Per-round p50 ratios: " + "; ".join(
-        f"{size} ×{c}: " + ", ".join(f"{p['p50'] / b['p50']:.2f}" for p, b in zip(rows["protected", size, c], rows["bare", size, c]))
-        for size in sizes for c in conns) + f"; errors in the comparison runs: {errors}.", ""]
+            lines.append(f"| | | protected ÷ lean | {ratio(size, c, 'p50', 'lean'):.2f}× | {ratio(size, c, 'p99', 'lean'):.2f}× | "
+                         f"{ratio(size, c, 'rps', 'lean'):.2f}× |")
+    lines += ["", f"Per-round p50 ratios, protected ÷ bare: {per_round('bare')}. Protected ÷ lean: {per_round('lean')}. "
+              f"Errors in the comparison runs: {errors}.", ""]
     lines += [
         f"Sustained: {args.sustained} s against the protected {sizes[0]} server: {sustained['requests']} requests "
         f"({sustained['rps']:.0f}/s, p50 {sustained['p50'] * 1e3:.2f} ms, p99 {sustained['p99'] * 1e3:.2f} ms), "

@@ -191,6 +191,25 @@ def test_answer_hook_sees_client_and_inputs_and_its_answers_are_sent_and_audited
         assert [r.answer["label"] for r in srv.server.audit.records()][-3:] == shifted
 
 
+def test_an_unexpected_failure_is_a_500_without_details_and_the_server_keeps_answering(net, digits, run_server, caplog) -> None:
+    def hook(client, inputs, answers):
+        if client.name == "breaker":
+            raise RuntimeError("secret internals /srv/model.bin")
+        return answers
+
+    x = digits.x_test[:2]
+    with run_server(net, hook=hook) as srv:
+        broken = srv.post(srv.clients.add("breaker").token, {"inputs": x.tolist()})
+        assert broken.status_code == 500 and broken.json() == {"detail": "Internal Server Error"}
+        assert "secret internals" in caplog.text  # logged for the operator, not sent to the client
+        ok = srv.post(srv.clients.add("fine").token, {"inputs": x.tolist()}, headers={"Authorization": "Basic abc"})
+        assert ok.status_code == 401  # another Authorization scheme is not an API key
+        fine = srv.clients.add("fine-2").token
+        assert srv.post(None, {"inputs": x.tolist()}, headers={"X-API-Key": fine}).json()["labels"] == _labels(net, x)
+        assert srv.server.audit.count() == len(x)  # the failed request left no audit rows
+        assert 'path="/v1/predict",status="500"' in srv.http.get("/metrics").text
+
+
 def _png(array: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     img = Image.fromarray((array[0] * 255).round().astype(np.uint8), mode="L")
     if size:

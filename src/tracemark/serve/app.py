@@ -1,7 +1,7 @@
 """The FastAPI application: authenticated, rate-limited, size- and shape-checked, policy-limited, audited.
 
 ``create_app(model, config)`` builds it; ``app_from_env()`` is the factory uvicorn workers call.
-Routes: ``POST /v1/predict`` (JSON batch), ``POST /v1/predict/image`` (multipart upload),
+Routes: ``POST /v1/predict`` (JSON batch; a plain ASGI endpoint, :mod:`~tracemark.serve.endpoint`), ``POST /v1/predict/image`` (multipart upload),
 ``GET /v1/model`` (public description), ``GET /healthz``, ``GET /metrics``, ``/docs``, ``/openapi.json``.
 """
 
@@ -11,7 +11,6 @@ import itertools
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,20 +21,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.audit import AuditLog
 from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
-from tracemark.serve.errors import (
-    AuditWriteError,
-    InvalidInputError,
-    LicenceExpiredError,
-    PayloadTooLargeError,
-    ServeConfigError,
-    ServeError,
-)
+from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, error_response
+from tracemark.serve.errors import AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
 from tracemark.serve.hooks import AnswerHook, admit
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
 from tracemark.serve.model import ServedModel
@@ -43,9 +35,6 @@ from tracemark.serve.policy import effective_policy, render
 from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter
 from tracemark.serve.validation import InputSpec, decode_images, parse_json_inputs
 from tracemark.targets.base import Answers
-
-ROUTES = ("/v1/predict", "/v1/predict/image", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
-
 
 class RequestIds:
     """Request ids unique across a server's workers and restarts: a random 48-bit prefix per instance, then a counter
@@ -110,62 +99,10 @@ class Server:
         self.metrics.count("tracemark_queries_answered_total", len(x), client=client.name)
         return {"request_id": request_id, "model": self.model.model_id, "policy": policy.to_dict(), **body}
 
-
-def _token(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else None
-    return request.headers.get("x-api-key")
-
-
-class Guard:
-    """ASGI middleware: refuses bodies over ``max_bytes`` (413) and times every request for /metrics."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, path = time.perf_counter(), scope["path"] if scope["path"] in ROUTES else "other"
-        status = [500]
-
-        async def send_and_note(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            error = PayloadTooLargeError(f"request body of {length.decode(errors='replace')} bytes; at most {self.max_bytes} are accepted")
-            await _error_response(error, self.metrics)(scope, receive, send_and_note)
-        else:
-            received = 0
-
-            async def limited() -> Message:
-                nonlocal received
-                message = await receive()
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes")
-                return message
-
-            await self.app(scope, limited, send_and_note)
-        self.metrics.count("tracemark_http_requests_total", path=path, status=str(status[0]))
-        self.metrics.observe(path, time.perf_counter() - start)
-
-
-def _error_response(exc: ServeError, metrics: Metrics) -> JSONResponse:
-    metrics.count("tracemark_requests_refused_total", reason=type(exc).__name__)
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+    def predict_json(self, token: str | None, body: bytes) -> dict[str, Any]:
+        """One ``POST /v1/predict``: authenticate ``token``, parse and check the JSON ``body``, answer it."""
+        client = self.authenticate(token)
+        return self.answer(client, parse_json_inputs(body, self.spec))
 
 
 def _json_body(spec: InputSpec) -> dict[str, Any]:
@@ -212,6 +149,14 @@ def _predict_docs(body_type: str, schema: dict[str, Any]) -> dict[str, Any]:
             "security": [{"bearer": []}, {"apiKey": []}]}
 
 
+def _predict_operation(spec: InputSpec) -> dict[str, Any]:
+    """The OpenAPI operation of ``POST /v1/predict`` (served by :class:`~tracemark.serve.endpoint.PredictEndpoint`,
+    not a FastAPI route)."""
+    return {"summary": "Predict", "operationId": "predict_v1_predict_post",
+            "description": "Classify a batch of inputs sent as JSON ``{\"inputs\": [...]}``.",
+            **_predict_docs("application/json", _json_body(spec))}
+
+
 def _extraction_hook(config: ServeConfig) -> AnswerHook | None:
     """Response marking and the stealing monitor, when ``config`` turns them on."""
     if not config.marking and config.monitor is None:
@@ -229,7 +174,7 @@ def create_app(
     audit: AuditLog | None = None,
     limiter: Limiter | None = None,
     hook: AnswerHook | None = None,
-) -> FastAPI:
+) -> ProtectedAPI:
     """The protected prediction API for ``model`` under ``config`` (stores opened from its paths unless given)."""
     if config.torch_threads:
         import torch
@@ -256,7 +201,7 @@ def create_app(
         yield
         audit.close()  # import the last journaled audit rows
 
-    app = FastAPI(
+    app = ProtectedAPI(
         lifespan=lifespan,
         title="tracemark protected prediction API",
         version="1",
@@ -266,24 +211,12 @@ def create_app(
 
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        return _error_response(exc, metrics)
-
-    @app.post("/v1/predict", openapi_extra=_predict_docs("application/json", _json_body(server.spec)), response_class=JSONResponse)
-    async def predict(request: Request) -> Response:
-        """Classify a batch of inputs sent as JSON ``{"inputs": [...]}``."""
-        token = _token(request)
-        body = await request.body()
-
-        def work() -> dict[str, Any]:
-            client = server.authenticate(token)
-            return server.answer(client, parse_json_inputs(body, server.spec))
-
-        return JSONResponse(await run_in_threadpool(work))
+        return error_response(exc, metrics)
 
     @app.post("/v1/predict/image", openapi_extra=_predict_docs("multipart/form-data", _IMAGE_BODY), response_class=JSONResponse)
     async def predict_image(request: Request) -> Response:
         """Classify uploaded images (multipart field ``image``, repeatable), resized to the model's input."""
-        client = server.authenticate(_token(request))
+        client = server.authenticate(api_token(request.scope["headers"]))
         try:
             form = await request.form(max_files=server.spec.max_batch, max_fields=server.spec.max_batch)
         except ServeError:
@@ -325,6 +258,7 @@ def create_app(
             from fastapi.openapi.utils import get_openapi
 
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema["paths"] = {PREDICT_PATH: {"post": _predict_operation(server.spec)}, **schema["paths"]}
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -334,10 +268,11 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(Guard, max_bytes=config.max_body_bytes, metrics=metrics)
+    app.predict = Guard(PredictEndpoint(server.predict_json, metrics), config.max_body_bytes, metrics)
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ProtectedAPI:
     """The app described by ``$TRACEMARK_SERVE_CONFIG`` (JSON of :class:`ServeConfig`); each worker opens its own model."""
     text = os.environ.get(ENV_CONFIG)
     if not text:
@@ -346,4 +281,4 @@ def app_from_env() -> FastAPI:
     return create_app(config.load_model(), config)
 
 
-__all__ = ["create_app", "app_from_env", "Server", "Guard"]
+__all__ = ["create_app", "app_from_env", "Server"]

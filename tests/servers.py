@@ -36,13 +36,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 
 @contextmanager
-def serve_app(app: Any, *, startup_timeout: float = 10.0) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1 (ephemeral port) in a thread; yield ``http://127.0.0.1:PORT``."""
+def serve_app(app: Any, *, startup_timeout: float = 10.0, lifespan: str = "off") -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1 (ephemeral port) in a thread; yield ``http://127.0.0.1:PORT``.
+    ``lifespan="on"`` runs the app's start-up and shut-down handlers, as ``tracemark serve`` does."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

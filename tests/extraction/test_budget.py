@@ -168,6 +168,24 @@ def test_requests_without_a_drawn_mark_do_not_touch_the_store_and_close_adds_the
     assert store.answered(carol.id) == 300  # counted once
 
 
+def test_a_stopping_server_adds_its_uncounted_answers_to_the_budget(tmp_path: Path, secret_file: Path, victim, digits) -> None:
+    from tests.servers import serve_app
+    from tracemark.serve import ClientStore, create_app, from_module
+
+    config = ServeConfig(model="in-memory", clients_db=str(tmp_path / "clients.sqlite"), audit_db=str(tmp_path / "audit.sqlite"),
+                         responses_db=str(tmp_path / "responses.sqlite"), marking=True, marking_secret=str(secret_file),
+                         marking_rate=0.0, rate=1e6, burst=1e6)  # rate 0: no request draws a mark, so none reaches the store
+    issued = ClientStore(config.clients_db).add("dave")
+    app = create_app(from_module(victim, "digits-cnn"), config)
+    with serve_app(app, lifespan="on") as url, httpx.Client(base_url=url, timeout=10.0) as http:
+        for start in range(0, 50, 10):
+            r = http.post("/v1/predict", json={"inputs": digits.x_test[start:start + 10].tolist()},
+                          headers={"Authorization": f"Bearer {issued.token}"})
+            assert r.status_code == 200, r.text
+        assert ResponseStore(config.responses_db).answered(issued.client.id) == 0
+    assert ResponseStore(config.responses_db).answered(issued.client.id) == 50  # added at shut-down
+
+
 def test_serve_config_validates_the_cap() -> None:
     assert ServeConfig(model="m").marking_cap == 0.005
     assert ServeConfig.from_json(ServeConfig(model="m", marking_cap=0.02).to_json()).marking_cap == 0.02

@@ -9,7 +9,7 @@ import numpy as np
 
 from tracemark.serve.clients import Client
 from tracemark.serve.config import ServeConfig
-from tracemark.serve.hooks import AnswerHook, admit
+from tracemark.serve.hooks import AnswerHook, admit, close
 from tracemark.targets.base import Answers
 
 
@@ -32,9 +32,7 @@ class HookChain:
     def close(self) -> None:
         """Close every hook that can be closed (the response marker adds its answered counts to the store)."""
         for hook in self.hooks:
-            close = getattr(hook, "close", None)
-            if close is not None:
-                close()
+            close(hook)
 
 
 def hook_from_config(config: ServeConfig) -> AnswerHook | None:

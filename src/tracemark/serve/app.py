@@ -28,7 +28,7 @@ from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
 from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, error_response
 from tracemark.serve.errors import AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
-from tracemark.serve.hooks import AnswerHook, admit
+from tracemark.serve.hooks import AnswerHook, admit, close
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
 from tracemark.serve.model import ServedModel
 from tracemark.serve.policy import effective_policy, render
@@ -199,6 +199,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if server.hook is not None:
+            close(server.hook)  # e.g. the response marker's answered counts
         audit.close()  # import the last journaled audit rows
 
     app = ProtectedAPI(

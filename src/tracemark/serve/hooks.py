@@ -28,4 +28,12 @@ def admit(hook: object, client: Client, n_inputs: int) -> None:
         check(client, n_inputs)
 
 
-__all__ = ["AnswerHook", "admit"]
+def close(hook: object) -> None:
+    """Run ``hook.close()`` if the hook has one: what it must do when the server worker stops (the response
+    marker adds the answered inputs it counted to the store)."""
+    done = getattr(hook, "close", None)
+    if done is not None:
+        done()
+
+
+__all__ = ["AnswerHook", "admit", "close"]

@@ -52,6 +52,17 @@ def test_prada_flags_synthetic_queries_but_not_natural_ones(victim: nn.Module, d
     assert alert.value < alert.threshold == 0.90 and 200 <= alert.queries <= 1400
 
 
+def test_repeated_inputs_add_no_prada_distance(victim: nn.Module, digits) -> None:
+    once, twice = (StealingMonitor(MonitorSettings(volume=None, coverage_tv=None)) for _ in range(2))
+    x = digits.x_train[:640]
+    _feed(once, victim, _client("a"), x)
+    for start in range(0, len(x), 32):  # every batch retried, and the whole stream asked again at the end
+        _feed(twice, victim, _client("a"), np.concatenate([x[start : start + 32]] * 2))
+    _feed(twice, victim, _client("a"), x)
+    assert list(twice.state("c_a").distances) == list(once.state("c_a").distances)
+    assert twice.state("c_a").queries == 3 * len(x) and not twice.raised
+
+
 def test_volume_alert_fires_once_when_the_daily_volume_is_exceeded(victim: nn.Module, digits, tmp_path: Path) -> None:
     now = [1000.0]
     store = AlertStore(str(tmp_path / "audit.sqlite"))

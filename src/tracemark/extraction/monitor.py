@@ -8,7 +8,10 @@ client and server process:
   the class's reference set when that distance exceeds mean − std of the reference distances.
   Natural queries give a roughly normal D; synthetic ones (adversarial steps, JBDA) do not. Every
   ``test_every`` queries a Shapiro–Wilk test runs on the last ``prada_window`` distances; W below
-  ``prada_delta`` raises the alert. PRADA is known to miss attackers who query natural images
+  ``prada_delta`` raises the alert. A repeated input (a retry, or a batch sent to two workers) adds no
+  distance: the last ``prada_window`` distinct inputs are remembered by hash, and an input equal to a
+  reference input has distance 0 and is skipped too, else retries alone would bend D away from normal.
+  PRADA is known to miss attackers who query natural images
   (Knockoff, CopycatCNN with real data): the other two signals are for those.
 * ``volume`` — more than ``volume`` queries within ``volume_window_s`` seconds.
 * ``coverage`` — once a client has asked ``coverage_min_queries`` queries, the total-variation distance
@@ -123,6 +126,7 @@ class _ClientState:
     counts: np.ndarray | None = None
     history: dict[int, _ClassHistory] = field(default_factory=dict)
     distances: deque = field(default_factory=deque)
+    seen: dict[int, None] = field(default_factory=dict)
     recent: deque = field(default_factory=deque)
     alerted: set = field(default_factory=set)
     last_test: int = 0
@@ -201,6 +205,12 @@ class StealingMonitor:
                     self._alert(client, state, "coverage", tv, s.coverage_tv)
 
     def _prada_step(self, state: _ClientState, v: np.ndarray, c: int) -> None:
+        key = hash((c, v.tobytes()))
+        if key in state.seen:
+            return
+        state.seen[key] = None
+        if len(state.seen) > self.settings.prada_window:  # forget the oldest, as its distance has left the window
+            del state.seen[next(iter(state.seen))]
         hist = state.history.get(c)
         norm = float(v @ v)
         if hist is None:
@@ -211,6 +221,8 @@ class StealingMonitor:
             return
         sq = hist.norms[: hist.size] + norm - 2.0 * (hist.vectors[: hist.size] @ v)
         d = float(np.sqrt(max(float(sq.min()), 0.0)))
+        if d == 0.0:  # an exact repeat of a reference input asked long ago
+            return
         state.distances.append(d)
         admitted = hist.distances
         threshold = float(np.mean(admitted) - np.std(admitted)) if admitted else 0.0

@@ -99,11 +99,11 @@ def bare_app(size: str):
 
 def lean_app(size: str):
     """The same work behind tracemark's plain ASGI predict endpoint, without any protection (no key, checks, limits, audit)."""
-    from tracemark.serve.endpoint import PredictEndpoint
+    from tracemark.serve.endpoint import PredictEndpoint, predict_pool
     from tracemark.serve.metrics import Metrics
 
     work = _bare_work(size)
-    return PredictEndpoint(lambda _token, body: work(body), Metrics())
+    return PredictEndpoint(lambda _token, body: work(body), Metrics(), predict_pool())
 
 
 def protected_app(workdir: str, size: str):

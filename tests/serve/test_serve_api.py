@@ -265,3 +265,46 @@ def test_unknown_routes_and_methods_are_not_500(net, digits, run_server, path: s
     with run_server(net) as srv:
         assert srv.http.get(path).status_code == 405
         assert srv.http.get("/nope").status_code == 404
+
+
+class _Slow(torch.nn.Module):
+    """``base`` after a pause, counting how many calls run at once."""
+
+    def __init__(self, base: torch.nn.Module, pause: float) -> None:
+        super().__init__()
+        import threading
+
+        self.base, self.pause, self.lock, self.running, self.most = base, pause, threading.Lock(), 0, 0
+        self.tracemark_spec = base.tracemark_spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.pause)
+        with self.lock:
+            self.running -= 1
+        return self.base(x)
+
+
+def test_predict_threads_bound_the_requests_answered_at_once(net, digits, run_server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = _Slow(net, 0.2)
+    x = digits.x_test[:2].tolist()
+    with run_server(slow, predict_threads=2) as srv:
+        token = srv.clients.add("many").token
+        slow.most = 0
+        with ThreadPoolExecutor(6) as senders:
+            answers = list(senders.map(lambda _: srv.post(token, {"inputs": x}), range(6)))
+        assert [r.status_code for r in answers] == [200] * 6
+        assert all(r.json()["labels"] == _labels(net, x) for r in answers)
+        assert slow.most == 2  # six requests in flight, two on the model at a time, the rest queued
+        assert srv.server.audit.count() == 6 * len(x)
+    from tracemark.serve import ServeConfig
+    from tracemark.serve.errors import ServeConfigError
+
+    with pytest.raises(ServeConfigError, match="predict threads"):
+        ServeConfig(model="m", predict_threads=0)

@@ -105,6 +105,8 @@ def serve(
     retention_days: float = typer.Option(90.0, help="Keep audit rows this many days (0: forever)."),
     audit_sync: str = typer.Option("NORMAL", help="Audit durability: NORMAL (survives a crash) or FULL (also power loss)."),
     threads: Optional[int] = typer.Option(None, help="torch threads per worker."),
+    predict_threads: Optional[int] = typer.Option(None, help="Requests each worker answers at once (default: its CPUs; "
+                                                             "more wait their turn)."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="Package passphrase from this environment variable."),
     keys: list[Path] = typer.Option([], "--key", help="Vendor/recipient private key file that opens the package (repeatable)."),
     tpm: bool = typer.Option(False, "--tpm", help="Unseal the package with this device's TPM."),
@@ -142,7 +144,7 @@ def serve(
         value_range=None if value_range.lower() == "none" else _floats(value_range, "--value-range", 2),  # type: ignore[arg-type]
         input_shape=tuple(int(v) for v in _floats(input_shape, "--input-shape")) if input_shape else None,
         default_policy=_policy(output, top_k, decimals), rate=rate, burst=burst,
-        retention_days=retention_days or None, audit_sync=audit_sync, torch_threads=threads,
+        retention_days=retention_days or None, audit_sync=audit_sync, torch_threads=threads, predict_threads=predict_threads,
         unlock=UnlockSpec(passphrase_env, tuple(str(k) for k in keys), tcti if tpm else None, machine, str(vendor_pub) if vendor_pub else None),
         marking=marking, marking_secret=str(marking_secret) if marking_secret else None, marking_rate=marking_rate, marking_cap=marking_cap,
         responses_db=str(responses_db), alerts_db=str(alerts_db) if alerts_db else None,

@@ -7,6 +7,7 @@ Routes: ``POST /v1/predict`` (JSON batch; a plain ASGI endpoint, :mod:`~tracemar
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import secrets
@@ -19,14 +20,13 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.audit import AuditLog
 from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
-from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, error_response
+from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, error_response, predict_pool
 from tracemark.serve.errors import AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
 from tracemark.serve.hooks import AnswerHook, admit, close
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
@@ -185,6 +185,7 @@ def create_app(
         limiter = SqliteLimiter(config.limits_db) if config.limits_shared else MemoryLimiter()
     audit = audit or AuditLog(config.audit_db, config.retention_days, config.audit_sync)
     audit.purge()
+    pool = predict_pool(config.predict_threads)
     server = Server(
         model=model,
         spec=InputSpec(model.input_shape, config.max_batch, config.value_range),
@@ -199,6 +200,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        pool.shutdown(wait=True)  # requests still running finish their audit rows first
         if server.hook is not None:
             close(server.hook)  # e.g. the response marker's answered counts
         audit.close()  # import the last journaled audit rows
@@ -230,7 +232,8 @@ def create_app(
             raise InvalidInputError("no 'image' file in the form; send -F image=@file.png")
         files = [(item.filename or f"image {i}", await item.read()) for i, item in enumerate(uploads)]
         await form.close()
-        return JSONResponse(await run_in_threadpool(lambda: server.answer(client, decode_images(files, server.spec))))
+        answer = await asyncio.get_running_loop().run_in_executor(pool, lambda: server.answer(client, decode_images(files, server.spec)))
+        return JSONResponse(answer)
 
     @app.get("/v1/model")
     async def describe() -> dict[str, Any]:
@@ -270,7 +273,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(Guard, max_bytes=config.max_body_bytes, metrics=metrics)
-    app.predict = Guard(PredictEndpoint(server.predict_json, metrics), config.max_body_bytes, metrics)
+    app.predict = Guard(PredictEndpoint(server.predict_json, metrics, pool), config.max_body_bytes, metrics)
     return app
 
 

@@ -51,7 +51,8 @@ class ServeConfig:
     """Everything ``tracemark serve`` needs; rates are in queries (inputs) per second.
 
     ``default_policy`` applies to clients without their own; ``None`` means the package licence's
-    policy, or label-only for a plain model file.
+    policy, or label-only for a plain model file. ``predict_threads`` bounds the predict requests a worker
+    answers at once (default: its CPUs; the rest queue); ``torch_threads`` sets torch's threads per worker.
 
     Extraction resistance (docs/guide/extraction.md): ``marking`` turns response marking on, with the
     master secret read from the file ``marking_secret`` (or ``$TRACEMARK_MARKING_SECRET``), the evidence
@@ -79,6 +80,7 @@ class ServeConfig:
     shared_limits: bool | None = None
     unlock: UnlockSpec = field(default_factory=UnlockSpec)
     torch_threads: int | None = None
+    predict_threads: int | None = None
     marking: bool = False
     marking_secret: str | None = None
     marking_rate: float = DEFAULT_RATE
@@ -91,6 +93,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_batch < 1 or self.max_body_bytes < 1024:
             raise ServeConfigError("workers and max_batch must be >= 1 and max_body_bytes >= 1024")
+        if self.predict_threads is not None and self.predict_threads < 1:
+            raise ServeConfigError(f"predict threads must be >= 1 (got {self.predict_threads})")
         if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
             raise ServeConfigError(f"value range {self.value_range} is empty; give MIN,MAX with MIN < MAX")
         if not 0.0 <= self.marking_rate <= 0.5 or self.marking_step <= 0:

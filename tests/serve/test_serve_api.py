@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -308,3 +309,7 @@ def test_predict_threads_bound_the_requests_answered_at_once(net, digits, run_se
 
     with pytest.raises(ServeConfigError, match="predict threads"):
         ServeConfig(model="m", predict_threads=0)
+    from tracemark.serve.endpoint import default_predict_threads
+
+    cpus = default_predict_threads(1)  # by default the pool fills the CPUs, not more
+    assert cpus == len(os.sched_getaffinity(0)) and default_predict_threads(cpus) == 1 == default_predict_threads(10 * cpus)

@@ -105,8 +105,8 @@ def serve(
     retention_days: float = typer.Option(90.0, help="Keep audit rows this many days (0: forever)."),
     audit_sync: str = typer.Option("NORMAL", help="Audit durability: NORMAL (survives a crash) or FULL (also power loss)."),
     threads: Optional[int] = typer.Option(None, help="torch threads per worker."),
-    predict_threads: Optional[int] = typer.Option(None, help="Requests each worker answers at once (default: its CPUs; "
-                                                             "more wait their turn)."),
+    predict_threads: Optional[int] = typer.Option(None, help="Requests each worker answers at once (default: its CPUs ÷ "
+                                                             "torch threads; more wait their turn)."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="Package passphrase from this environment variable."),
     keys: list[Path] = typer.Option([], "--key", help="Vendor/recipient private key file that opens the package (repeatable)."),
     tpm: bool = typer.Option(False, "--tpm", help="Unseal the package with this device's TPM."),

@@ -26,7 +26,7 @@ from tracemark.package.licence import OutputPolicy
 from tracemark.serve.audit import AuditLog
 from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
-from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, error_response, predict_pool
+from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, default_predict_threads, error_response, predict_pool
 from tracemark.serve.errors import AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
 from tracemark.serve.hooks import AnswerHook, admit, close
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
@@ -176,16 +176,16 @@ def create_app(
     hook: AnswerHook | None = None,
 ) -> ProtectedAPI:
     """The protected prediction API for ``model`` under ``config`` (stores opened from its paths unless given)."""
-    if config.torch_threads:
-        import torch
+    import torch
 
+    if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     metrics = Metrics()
     if limiter is None:
         limiter = SqliteLimiter(config.limits_db) if config.limits_shared else MemoryLimiter()
     audit = audit or AuditLog(config.audit_db, config.retention_days, config.audit_sync)
     audit.purge()
-    pool = predict_pool(config.predict_threads)
+    pool = predict_pool(config.predict_threads or default_predict_threads(torch.get_num_threads()))
     server = Server(
         model=model,
         spec=InputSpec(model.input_shape, config.max_batch, config.value_range),

@@ -7,10 +7,10 @@ hands ``/v1/predict`` to its :class:`Guard`-wrapped :class:`PredictEndpoint`; ev
 route behind the same :class:`Guard`. The endpoint's OpenAPI entry is added to the app's schema by hand
 (``app.py``), so ``/docs`` and schema-driven tests still see it.
 
-The work of a request (checks, model, audit) runs in a :func:`predict_pool` of a few threads, as many as the
-worker's CPUs by default, not in anyio's pool of 40: more threads than cores only contend for the GIL (a
-sub-millisecond model's requests took ~10% longer at 4 connections), and ``loop.run_in_executor`` costs less
-per call than anyio's thread hand-off.
+The work of a request (checks, model, audit) runs in a :func:`predict_pool` of a few threads, by default as
+many as fill the worker's CPUs (CPUs ÷ torch threads per call), not in anyio's pool of 40: more threads than
+cores only contend for the GIL (a sub-millisecond model's requests took ~10% longer at 4 connections), and
+``loop.run_in_executor`` costs less per call than anyio's thread hand-off.
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ PredictWork = Callable[[str | None, bytes], dict[str, Any]]
 """Answers one predict request from its API key (or ``None``) and raw JSON body; raises :class:`ServeError`."""
 
 
-def default_predict_threads() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def default_predict_threads(threads_per_call: int = 1) -> int:
+    """Predict calls that fill this process's CPUs (its affinity mask where the OS has one) without
+    oversubscribing them, when each call runs on ``threads_per_call`` threads (torch's intra-op threads)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, threads_per_call))
 
 
 def predict_pool(threads: int | None = None) -> ThreadPoolExecutor:
-    """The threads that answer predict requests: at most ``threads`` (default: the CPUs) at once, the rest queue."""
+    """The threads that answer predict requests: at most ``threads`` (default: one per CPU) at once, the rest queue."""
     return ThreadPoolExecutor(threads or default_predict_threads(), thread_name_prefix="tracemark-predict")
 
 

@@ -37,6 +37,11 @@ IMPORTED_SCHEMA = "CREATE TABLE IF NOT EXISTS journal_imported (segment TEXT PRI
 
 FORGET_EVERY_S = 600.0
 ABANDONED_AFTER_S = 60.0
+IMPORT_CHUNK = 8
+"""Records parsed and inserted between two pauses of the importer. Each pause hands the GIL to request
+threads waiting for it: importing a segment in one go held it for milliseconds, and each answer that waited
+behind it landed in the latency tail (toy model, one connection: p99 1.75× the bare server's, 1.30× with
+pauses every 2 records, 1.32× every 8)."""
 Importer = Callable[[sqlite3.Connection, list[Any]], int]
 """Inserts a segment's records into the database (inside the caller's transaction); returns the rows inserted."""
 
@@ -68,10 +73,9 @@ def _abandoned(path: Path) -> bool:
         os.close(fd)
 
 
-def _parse(data: bytes) -> list[Any]:
-    """The complete records of a segment (a torn last line, from a crash mid-write, is dropped)."""
-    lines = data.split(b"\n")
-    return [json.loads(line) for line in lines[:-1] if line]
+def _lines(data: bytes) -> list[bytes]:
+    """The complete records (JSON lines) of a segment (a torn last line, from a crash mid-write, is dropped)."""
+    return [line for line in data.split(b"\n")[:-1] if line]
 
 
 class Journal:
@@ -200,12 +204,15 @@ class Journal:
         """Move one locked segment into SQLite (rows and name in one transaction), then delete it."""
         conn = self._connection()
         with segment.path.open("rb") as handle:
-            records = _parse(handle.read())
+            lines = _lines(handle.read())
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = conn.execute("SELECT 1 FROM journal_imported WHERE segment = ?", (segment.path.name,)).fetchone()
             if done is None:
-                rows = self._importer(conn, records)
+                rows = 0
+                for start in range(0, len(lines), IMPORT_CHUNK):
+                    rows += self._importer(conn, [json.loads(line) for line in lines[start : start + IMPORT_CHUNK]])
+                    time.sleep(0)  # hand the GIL to a waiting request thread (about 7 µs of CPU)
                 conn.execute("INSERT INTO journal_imported (segment, rows, time) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                              (segment.path.name, rows))
         except BaseException:

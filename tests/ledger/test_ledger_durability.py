@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,8 @@ for i in range(count):
     entry = ledger.append("note", {"writer": name, "i": i, "pad": "x" * 2000})
     print("ack", entry.seq, name, i, flush=True)
 """
+ACK = re.compile(r"ack (\d+) \S+ \d+\n")
+"""A complete acknowledgement line of CHILD (a line cut short by the kill acknowledges nothing)."""
 
 
 def _spawn(ledger_dir: Path, key_path: Path, name: str, count: int) -> subprocess.Popen[str]:
@@ -80,9 +83,12 @@ def test_sigkill_mid_append_never_loses_an_acknowledged_entry(tmp_path: Path, ow
         acked = [proc.stdout.readline() for _ in range(1 + round_ % 5)]
         time.sleep(delay)  # kill at different points of an append
         os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=10)
-        acked += rest.splitlines()
-        acked_seqs = {int(line.split()[1]) for line in acked if line.startswith("ack")}
+        proc.wait(timeout=10)
+        acked += proc.stdout.read().splitlines(keepends=True)  # through the same buffer as readline: no line lost
+        proc.stdin.close()
+        proc.stdout.close()
+        acked_seqs = {int(m.group(1)) for line in acked if (m := ACK.fullmatch(line))}
+        assert len(acked_seqs) >= 1 + round_ % 5  # the acknowledgements read before the kill
         report = verify_ledger(ledger.directory)  # the complete prefix verifies ...
         on_disk = {e.seq for e in Ledger.open(ledger.directory).read(allow_torn_tail=True)[0]}
         assert acked_seqs <= on_disk  # ... and contains every acknowledged entry

@@ -206,8 +206,12 @@ class ResponseMarker:
 
     def _count(self, client: Client, n: int) -> None:
         """Count ``n`` answered inputs locally (added to the store with the next budget decision or on close)."""
+        self._add_pending({client.id: (client.name, n)})
+
+    def _add_pending(self, counts: dict[str, tuple[str, int]]) -> None:
         with self._lock:
-            self._pending[client.id] = (client.name, self._pending.get(client.id, ("", 0))[1] + n)
+            for cid, (name, n) in counts.items():
+                self._pending[cid] = (name, self._pending.get(cid, ("", 0))[1] + n)
 
     def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
         rate = self.client_rate(client)
@@ -255,9 +259,7 @@ class ResponseMarker:
         try:
             self.store.add_answered(pending)
         except BaseException:
-            with self._lock:
-                for cid, (name, n) in pending.items():
-                    self._pending[cid] = (name, self._pending.get(cid, ("", 0))[1] + n)
+            self._add_pending(pending)  # counted again with the next flush
             raise
 
     def close(self) -> None:

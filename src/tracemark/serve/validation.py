@@ -60,14 +60,14 @@ def parse_json_inputs(body: bytes, spec: InputSpec) -> np.ndarray:
     if not isinstance(inputs, list):
         raise InvalidInputError(f"'inputs' must be a list of inputs, not a {type(inputs).__name__}")
     _batch_size_ok(len(inputs), spec)
-    if _no_literals(body):
-        fast = _numbers(inputs, spec)
-        if fast is not None:
-            return fast
     try:
         raw = np.asarray(inputs)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError("'inputs' is ragged: every input must have the same nested list shape") from exc
+    if _no_literals(body):
+        fast = _numbers(raw, spec)
+        if fast is not None:
+            return fast
     if raw.dtype.kind == "b" or (raw.dtype.kind in "iuf" and (b"true" in body or b"false" in body)):  # NumPy turns mixed ones into 1 and 0
         raise InvalidInputError("'inputs' holds true/false; values must be numbers")
     if raw.dtype.kind not in "iuf":
@@ -81,14 +81,10 @@ def _no_literals(body: bytes) -> bool:
     return b"r" not in body and b"l" not in body
 
 
-def _numbers(inputs: list[Any], spec: InputSpec) -> np.ndarray | None:
+def _numbers(raw: np.ndarray, spec: InputSpec) -> np.ndarray | None:
     """The common case in one pass: a well-shaped batch of numbers inside the value range, as float32.
     ``None`` for anything else, which the full checks then reject with a message naming the problem."""
     if spec.value_range is None or max(map(abs, spec.value_range)) > _FLOAT32_MAX:
-        return None
-    try:
-        raw = np.asarray(inputs)
-    except (ValueError, TypeError, OverflowError):
         return None
     lo, hi = spec.value_range
     if raw.dtype.kind not in "iuf" or raw.ndim < 2 or raw.size == 0 or not lo <= raw.min() <= raw.max() <= hi:

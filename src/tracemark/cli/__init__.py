@@ -31,11 +31,13 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     """Console-script entry point."""
+    from rich.markup import escape
+
     from tracemark.cli._output import error_console
     from tracemark.errors import TracemarkError
 
     try:
         build_app()(standalone_mode=True)
     except TracemarkError as exc:
-        error_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        error_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
         sys.exit(2)

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def emit(result: Any, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from tracemark.package.chunks import DEFAULT_CHUNK_SIZE, NONCE_PREFIX_SIZE, Chun
 from tracemark.package.format import MAGIC, END, Manifest, ModelInfo, PayloadInfo
 from tracemark.package.licence import Licence
 from tracemark.package.modelio import architecture_of, detect_format, safetensors_header
+from tracemark.trust.modelfiles import check_exported_archive
 from tracemark.package.signing import VendorKey, raw_public
 from tracemark.package.wrap import Wrap
 
@@ -114,6 +115,9 @@ def pack_model(
         head = stream.read(HEAD_PEEK)
         stream.seek(0)
         fmt = model_format or detect_format(head, name)
+        if fmt == "torch.export":  # never ship a program that would run code where it is opened
+            check_exported_archive(stream.read(), name=name)
+            stream.seek(0)
         arch = architecture.to_dict() if architecture else None
         if fmt == "safetensors" and arch is None:
             header = safetensors_header(head, name)

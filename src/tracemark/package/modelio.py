@@ -7,7 +7,6 @@ onnxruntime session from bytes; a torch.export program is loaded from an in-memo
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -122,9 +121,9 @@ def onnx_session(buffer: bytearray, source: str) -> Any:
 
 
 def exported_module(buffer: bytearray, source: str) -> torch.nn.Module:
-    """The ``nn.Module`` of a torch.export program loaded from memory."""
-    try:
-        program = torch.export.load(io.BytesIO(buffer))
-    except Exception as exc:  # torch raises many types for a bad archive
-        raise ModelFileError(f"{source}: not a loadable torch.export program ({exc})") from exc
-    return program.module()
+    """The ``nn.Module`` of a torch.export program held in memory, checked first (see :mod:`tracemark.trust.modelfiles`)."""
+    from tracemark.targets.local import exported_module as module_of
+    from tracemark.trust.modelfiles import load_exported_program
+
+    module, _ = module_of(load_exported_program(buffer, name=source))
+    return module

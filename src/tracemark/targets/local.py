@@ -110,17 +110,48 @@ class CallableTarget(Target):
         return Answers(out.argmax(axis=1), out if np.allclose(out.sum(axis=1), 1.0, atol=1e-3) and out.min() >= 0 else _softmax(out))
 
 
-def exported_target(path: str | Path) -> TorchTarget:
-    """A ``torch.export`` program saved with ``torch.export.save`` (``.pt2``)."""
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises several unrelated types for bad archives
-        raise ModelFileError(f"{path}: not a loadable torch.export program ({str(exc).splitlines()[0]})") from exc
+class FixedBatchModule(nn.Module):
+    """Runs a module exported for exactly ``batch_size`` inputs on any batch: chunks, and pads the last chunk."""
+
+    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], batch_size: int):
+        super().__init__()
+        self.inner = module
+        self.batch_size = batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for start in range(0, len(x), self.batch_size):
+            batch = x[start : start + self.batch_size]
+            short = self.batch_size - len(batch)
+            if short:
+                batch = torch.cat([batch, batch.new_zeros((short, *batch.shape[1:]))])
+            outputs.append(self.inner(batch)[: self.batch_size - short])
+        return torch.cat(outputs)
+
+
+def exported_module(program: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """The module of an exported program that takes any batch size, and its per-example input shape if fixed."""
     module = program.module()
-    spec_shape = None
-    try:
-        example = program.example_inputs[0][0] if program.example_inputs else None
-        spec_shape = tuple(example.shape[1:]) if example is not None else None
-    except (AttributeError, IndexError, TypeError):
-        spec_shape = None
-    return TorchTarget(module, description=str(path), input_shape=spec_shape)
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    shape = getattr(value, "shape", None)
+    if shape is None or len(shape) < 1:
+        return module, None
+    rest = tuple(shape[1:])
+    example_shape = rest if all(isinstance(d, int) for d in rest) else None
+    if isinstance(shape[0], int):
+        return FixedBatchModule(module, shape[0]), example_shape
+    return module, example_shape
+
+
+def exported_target(path: str | Path) -> TorchTarget:
+    """A ``torch.export`` program saved with ``torch.export.save`` (``.pt2``), checked first and never unpickled.
+
+    Archives that hold pickles, native code, or graph calls outside ATen are refused with
+    :class:`~tracemark.errors.UnsafeFileError` (see :mod:`tracemark.trust.modelfiles`). A program
+    exported for a fixed batch size is run in chunks of that size.
+    """
+    from tracemark.trust.modelfiles import load_exported_program
+
+    module, input_shape = exported_module(load_exported_program(path))
+    return TorchTarget(module, description=str(path), input_shape=input_shape)

@@ -21,7 +21,6 @@ import torch
 import tracemark as tm
 from tracemark.errors import UnsafeFileError
 from tracemark.package import Licence, OutputPolicy, RecipientKey, RecipientWrap, VendorKey, load_package, pack_model
-from tracemark.trust.modelfiles import load_exported_program
 
 from tests.security import _pt2
 
@@ -30,6 +29,12 @@ NOW = datetime.now(timezone.utc)
 
 def _licence() -> Licence:
     return Licence("acme", NOW - timedelta(days=1), NOW + timedelta(days=30), (), OutputPolicy("label"))
+
+
+def _open(data: bytes, tmp_path: Path):
+    path = tmp_path / "suspect.pt2"
+    path.write_bytes(data)
+    return tm.load_target(path)
 
 
 @pytest.fixture(scope="module")
@@ -67,37 +72,37 @@ def test_load_target_refuses_each_payload_and_runs_nothing(tmp_path, kind):
     [("data/aotinductor/model/model.so", "native code"), ("data/weights/model.pt", "pickled"), ("models/second.json", "second program"),
      ("data/constants/custom_obj_0", "custom or opaque")],
 )
-def test_members_plain_save_never_writes_are_refused_by_name(member, words):
+def test_members_plain_save_never_writes_are_refused_by_name(tmp_path, member, words):
     with pytest.raises(UnsafeFileError, match=words):
-        load_exported_program(_pt2.with_member(member))
+        _open(_pt2.with_member(member), tmp_path)
 
 
 @pytest.mark.parametrize("target", ["torch.load", "torch.hub.load", "builtins.exec", "torch.ops.aten.from_file.default", "#evil:op", "torch.ops.mylib.custom.default"])
-def test_graph_calls_outside_aten_are_refused(target):
+def test_graph_calls_outside_aten_are_refused(tmp_path, target):
     with pytest.raises(UnsafeFileError, match="not an operator tracemark admits"):
-        load_exported_program(_pt2.with_target(target))
+        _open(_pt2.with_target(target), tmp_path)
 
 
-def test_compressed_duplicate_and_encrypted_members_are_refused():
+def test_compressed_duplicate_and_encrypted_members_are_refused(tmp_path):
     data = _pt2.genuine()
     deflated = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
     with pytest.raises(UnsafeFileError, match="compressed"):
-        load_exported_program(deflated.getvalue())
+        _open(deflated.getvalue(), tmp_path)
     duplicated = io.BytesIO(_pt2.rewrite(data, lambda m, root: None))
     with zipfile.ZipFile(duplicated, "a") as archive, pytest.warns(UserWarning):
         archive.writestr(archive.infolist()[0].filename, b"again")
     with pytest.raises(UnsafeFileError, match="appears twice"):
-        load_exported_program(duplicated.getvalue())
+        _open(duplicated.getvalue(), tmp_path)
     encrypted = bytearray(data)
     end_record = data.rindex(b"PK\x05\x06")
     central = int.from_bytes(data[end_record + 16 : end_record + 20], "little")
     assert data[central : central + 4] == b"PK\x01\x02"
     encrypted[central + 8] |= 0x1  # the first central-directory entry's general-purpose flags
     with pytest.raises(UnsafeFileError, match="encrypted"):
-        load_exported_program(bytes(encrypted))
+        _open(bytes(encrypted), tmp_path)
 
 
 def test_honest_programs_load_and_answer_like_the_source_module(tmp_path):

@@ -46,3 +46,11 @@ def models(digits: tm.ImageData) -> Models:
     independent = tm.build_model("lenet", digits.input_shape, 10, seed=1)
     tm.fit(independent, tm.to_tensor_dataset(digits.x_train, digits.y_train), epochs=15, seed=1)
     return Models(digits, key, base, marked, independent, report)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ledger high-water marks go to a temporary state directory, not the user's ~/.local/state."""
+    import os
+
+    os.environ.setdefault("TRACEMARK_STATE_DIR", str(tmp_path_factory.mktemp("state")))

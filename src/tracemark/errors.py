@@ -19,6 +19,14 @@ class WrongPassphraseError(KeyFileError):
     """The passphrase does not open this encrypted file."""
 
 
+class SecretMissingError(WrongPassphraseError):
+    """A passphrase or token is needed and none was given: no environment variable, no file, no terminal to ask on."""
+
+
+class InvalidOptionError(TracemarkError):
+    """A command-line option has a value the command cannot use; the message names the option and what to give."""
+
+
 class TamperedError(TracemarkError):
     """Content does not match its recorded hash or signature."""
 
@@ -49,6 +57,10 @@ class TargetError(TracemarkError):
 
 class TargetUnreachableError(TargetError):
     """A remote target could not be reached (connection refused, DNS, time-out)."""
+
+
+class TargetNotFoundError(TargetUnreachableError):
+    """A remote target's host name does not resolve, or nothing accepts connections there; retrying cannot help."""
 
 
 class TargetResponseError(TargetError):
@@ -87,6 +99,18 @@ class BundleError(TracemarkError):
     """An evidence bundle is malformed or fails verification."""
 
 
+class ArchiveError(TracemarkError):
+    """A zip archive from someone else cannot be read (corrupt, truncated, not a zip)."""
+
+
+class ArchiveBoundsError(ArchiveError):
+    """A zip archive declares or inflates to more members or bytes than allowed (a zip bomb); refused unread."""
+
+
+class ArchiveFeatureError(ArchiveError):
+    """A zip archive uses a feature tracemark refuses (encryption, an unsupported compression method)."""
+
+
 class PackageError(TracemarkError):
     """A protected model package cannot be built or opened."""
 
@@ -99,10 +123,16 @@ class DeviceError(PackageError):
     """The device-bound key cannot be unwrapped here (TPM absent, PCRs changed, machine differs)."""
 
 
+class KdfBoundsError(TracemarkError):
+    """A file asks for key-derivation parameters outside the accepted bounds (malformed, or too costly)."""
+
+
 __all__ = [
     "TracemarkError",
     "KeyFileError",
     "WrongPassphraseError",
+    "SecretMissingError",
+    "InvalidOptionError",
     "TamperedError",
     "FormatVersionError",
     "ShapeMismatchError",
@@ -111,6 +141,7 @@ __all__ = [
     "ModelFileError",
     "TargetError",
     "TargetUnreachableError",
+    "TargetNotFoundError",
     "TargetResponseError",
     "QueryBudgetExceededError",
     "DatasetError",
@@ -120,7 +151,11 @@ __all__ = [
     "ChainBrokenError",
     "TimestampError",
     "BundleError",
+    "ArchiveError",
+    "ArchiveBoundsError",
+    "ArchiveFeatureError",
     "PackageError",
     "LicenceError",
     "DeviceError",
+    "KdfBoundsError",
 ]

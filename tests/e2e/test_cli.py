@@ -92,7 +92,7 @@ def test_named_errors_on_the_real_command_line(workdir, models):
     assert "KeyFileError" in out.stderr and "corrupt or truncated" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([sys.executable, "-m", "tracemark", "verify", "--key", str(workdir / "k2.key"), "--url",
                           "http://127.0.0.1:9/predict", "--timeout", "2"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "TargetUnreachableError" in out.stderr
+    assert out.returncode == 2 and "TargetNotFoundError" in out.stderr
 
 
 def test_commands_append_to_a_configured_ledger(workdir, tmp_path):

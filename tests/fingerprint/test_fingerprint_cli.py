@@ -56,11 +56,12 @@ def test_fingerprint_then_trace(app, workdir):
     events = [e.event for e in Ledger.open(workdir / "ledger").entries()]
     assert events.count("customer-code-created") == 2 and events.count("model-embedded") == 2
     assert events.count("model-packaged") == 2
-    from tracemark.package import inspect_package
+    from tracemark.package import VendorKey, inspect_package
 
     acme = Registry.open(out / "registry.sqlite").records()[0]
     assert acme.package_path == str(out / "acme.tmpkg") and len(acme.package_sha256) == 64
-    assert inspect_package(out / "acme.tmpkg").licence.customer_id == "acme"
+    pinned = VendorKey.load(workdir / "vendor.key").public
+    assert inspect_package(out / "acme.tmpkg", pinned).licence.customer_id == "acme"
 
     common = ["trace", "--key", str(workdir / "master.key"), "--registry", str(out / "registry.sqlite"), "--json"]
     for suspect, expected in (("copies/globex.safetensors", "globex"), ("copies/acme.safetensors", "acme"),

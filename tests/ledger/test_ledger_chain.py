@@ -157,8 +157,8 @@ def test_append_needs_owner_and_valid_event(ledger_dir: Path, owner: OwnerIdenti
 def test_owner_key_file_is_encrypted_and_round_trips(tmp_path: Path) -> None:
     owner = OwnerIdentity.generate()
     path = owner.save(tmp_path / "owner.pem", PASSPHRASE)
-    text = path.read_text()
-    assert "ENCRYPTED PRIVATE KEY" in text
+    document = json.loads(path.read_text())
+    assert document["format"] == "tracemark-owner-key" and document["encryption"]["kdf"] == "scrypt"
     assert path.stat().st_mode & 0o777 == 0o600
     assert OwnerIdentity.load(path, PASSPHRASE).fingerprint() == owner.fingerprint()
     assert load_public_key(f"{path}.pub.pem").public_bytes_raw() == owner.public_key.public_bytes_raw()

@@ -58,7 +58,7 @@ def test_cli_init_timestamp_export_verify(tmp_path: Path, tsa: LocalTSA, authori
     assert [e["event"] for e in json.loads(result.output)] == ["ledger-created", "key-created", "timestamped"]
 
     bundle = tmp_path / "evidence.zip"
-    result = runner.invoke(app, ["evidence", "export", "-o", str(bundle), "--key", str(key_file), "--key-passphrase", "kp"])
+    result = runner.invoke(app, ["evidence", "export", "-o", str(bundle), "--key", str(key_file)], env={"TRACEMARK_KEY_PASSPHRASE": "kp"})
     assert result.exit_code == 0, result.output
 
     result = runner.invoke(app, ["evidence", "verify", str(bundle), "--tsa-ca", str(authority.ca_pem)])

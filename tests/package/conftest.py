@@ -21,6 +21,13 @@ PASSPHRASE = "correct horse battery staple"
 FAST_N = 2**10  # scrypt cost for tests only
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_pins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pins come only from what each test passes: no $TRACEMARK_VENDOR_PUB, an empty config directory."""
+    monkeypatch.delenv("TRACEMARK_VENDOR_PUB", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
 def make_licence(devices: tuple[str, ...] = (), days: int = 30, policy: OutputPolicy | None = None) -> Licence:
     return Licence("acme-gmbh", NOW - timedelta(days=1), NOW + timedelta(days=days), devices, policy or OutputPolicy("top_k", 3, 2))
 

@@ -20,6 +20,7 @@ from tracemark.package import (
     RecipientKey,
     RecipientWrap,
     VendorKey,
+    UntrustedSignerWarning,
     WrongPackagePassphraseError,
     WrongRecipientKeyError,
     device_id,
@@ -33,31 +34,31 @@ HERE = b"3d1219c7c4c5404aaa1f6d2a48adfda4\x00"  # machine identities: id, NUL, p
 ELSEWHERE = b"0123456789abcdef0123456789abcdef\x00"
 
 
-def test_wrong_passphrase_is_refused(module_package: Path) -> None:
+def test_wrong_passphrase_is_refused(module_package: Path, vendor: VendorKey) -> None:
     with pytest.raises(WrongPackagePassphraseError) as info:
-        load_package(module_package, Passphrase("incorrect horse"), now=NOW)
+        load_package(module_package, Passphrase("incorrect horse"), vendor_key=vendor.public, now=NOW)
     assert isinstance(info.value, WrongPassphraseError)
 
 
-def test_wrong_recipient_key_is_refused(module_package: Path) -> None:
+def test_wrong_recipient_key_is_refused(module_package: Path, vendor: VendorKey) -> None:
     with pytest.raises(WrongRecipientKeyError, match="use the matching private key"):
-        load_package(module_package, RecipientKey.from_vendor(VendorKey.generate()), now=NOW)
+        load_package(module_package, RecipientKey.from_vendor(VendorKey.generate()), vendor_key=vendor.public, now=NOW)
 
 
-def test_unlocker_of_a_kind_the_package_lacks(module_package: Path) -> None:
+def test_unlocker_of_a_kind_the_package_lacks(module_package: Path, vendor: VendorKey) -> None:
     with pytest.raises(KeyUnwrapError, match="opens with passphrase, x25519"):
-        load_package(module_package, MachineSecret(HERE), now=NOW)
+        load_package(module_package, MachineSecret(HERE), vendor_key=vendor.public, now=NOW)
 
 
 def test_any_matching_unlocker_among_several_opens(module_package: Path, vendor: VendorKey) -> None:
-    loaded = load_package(module_package, [Passphrase("nope"), RecipientKey.from_vendor(vendor)], now=NOW)
+    loaded = load_package(module_package, [Passphrase("nope"), RecipientKey.from_vendor(vendor)], vendor_key=vendor.public, now=NOW)
     assert loaded.unlocked_with.startswith("x25519")
 
 
 @pytest.mark.parametrize("when, match", [(NOW + timedelta(days=31), "expired"), (NOW - timedelta(days=2), "not valid before")])
-def test_licence_window_is_enforced(module_package: Path, when, match: str) -> None:
+def test_licence_window_is_enforced(module_package: Path, vendor: VendorKey, when, match: str) -> None:
     with pytest.raises(LicenceError, match=match):
-        load_package(module_package, Passphrase(PASSPHRASE), now=when)
+        load_package(module_package, Passphrase(PASSPHRASE), vendor_key=vendor.public, now=when)
 
 
 def test_licence_devices_are_enforced(tmp_path: Path, vendor: VendorKey, model) -> None:
@@ -65,18 +66,18 @@ def test_licence_devices_are_enforced(tmp_path: Path, vendor: VendorKey, model) 
     out = tmp_path / "d.tmpkg"
     pack_model(model, out, vendor=vendor, licence=make_licence(devices=(here,)), wraps=[RecipientWrap(vendor.public)])
     key = RecipientKey.from_vendor(vendor)
-    assert load_package(out, key, device_id=here, now=NOW).model is not None
+    assert load_package(out, key, device_id=here, vendor_key=vendor.public, now=NOW).model is not None
     with pytest.raises(LicenceError, match="not among the licence's allowed devices"):
-        load_package(out, key, device_id=elsewhere, now=NOW)
+        load_package(out, key, device_id=elsewhere, vendor_key=vendor.public, now=NOW)
 
 
 def test_machine_binding(tmp_path: Path, vendor: VendorKey, model) -> None:
     enrolment = enrol_device(identity=HERE)
     out = tmp_path / "m.tmpkg"
     pack_model(model, out, vendor=vendor, licence=make_licence(), wraps=[MachineWrap(enrolment)])
-    assert load_package(out, MachineSecret(HERE), now=NOW).unlocked_with == f"machine {enrolment.device_id}"
+    assert load_package(out, MachineSecret(HERE), vendor_key=vendor.public, now=NOW).unlocked_with == f"machine {enrolment.device_id}"
     with pytest.raises(DeviceError, match="only be opened on the enrolled device"):
-        load_package(out, MachineSecret(ELSEWHERE), now=NOW)
+        load_package(out, MachineSecret(ELSEWHERE), vendor_key=vendor.public, now=NOW)
     saved = enrolment.save(tmp_path / "dev.json")
     assert saved.stat().st_mode & 0o077 == 0
     assert type(enrolment).load(saved) == enrolment
@@ -96,8 +97,9 @@ def test_resigned_licence_edit_breaks_the_key_binding(module_package: Path, tmp_
     assert forged[: len(MAGIC)] == MAGIC
     path = tmp_path / "forged.tmpkg"
     path.write_bytes(forged)
-    with pytest.raises(WrongPackagePassphraseError):
-        load_package(path, Passphrase(PASSPHRASE), now=NOW + timedelta(days=365))
+    # Even with any signer trusted (pinning refuses it outright: tests/security/test_package.py), the key binding holds.
+    with pytest.raises(WrongPackagePassphraseError), pytest.warns(UntrustedSignerWarning):
+        load_package(path, Passphrase(PASSPHRASE), trust_any_signer=True, now=NOW + timedelta(days=365))
 
 
 def test_passphrase_wrap_rejects_weak_settings() -> None:

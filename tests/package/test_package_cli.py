@@ -48,11 +48,12 @@ def test_keygen_pack_inspect_unpack(cli: typer.Typer, tmp_path: Path, model) -> 
     assert r.exit_code == 0 and "licence for acme" in r.stdout and "pinned key" in r.stdout
 
     plain = tmp_path / "out.safetensors"
-    r = _run(cli, "unpack", str(pkg), "--out", str(plain), "--key", str(tmp_path / "vendor.key"))
+    pin = ("--vendor-pub", str(tmp_path / "vendor.pub"))
+    r = _run(cli, "unpack", str(pkg), "--out", str(plain), "--key", str(tmp_path / "vendor.key"), *pin)
     assert r.exit_code == 0, r.output
     assert plain.read_bytes() == src.read_bytes()
     plain.unlink()
-    r = _run(cli, "unpack", str(pkg), "--out", str(plain), "--passphrase-env", "TM_PASS", env={"TM_PASS": "wrong"})
+    r = _run(cli, "unpack", str(pkg), "--out", str(plain), "--passphrase-env", "TM_PASS", *pin, env={"TM_PASS": "wrong"})
     assert r.exit_code != 0 and type(r.exception).__name__ == "WrongPackagePassphraseError"
     assert not plain.exists()
 
@@ -69,8 +70,8 @@ def test_device_enrol_and_machine_bound_pack(cli: typer.Typer, tmp_path: Path, m
     r = _run(cli, "pack", str(src), "--out", str(pkg), "--vendor-key", str(tmp_path / "v.key"), "--customer", "c1",
              "--device", ident, "--machine-device", str(tmp_path / "dev.json"), "--no-for-vendor")
     assert r.exit_code == 0, r.output
-    assert [w["type"] for w in inspect_package(pkg).manifest.wraps] == ["machine"]
-    r = _run(cli, "unpack", str(pkg), "--out", str(tmp_path / "p.safetensors"), "--machine")
+    assert [w["type"] for w in inspect_package(pkg, tmp_path / "v.pub").manifest.wraps] == ["machine"]
+    r = _run(cli, "unpack", str(pkg), "--out", str(tmp_path / "p.safetensors"), "--machine", env={"TRACEMARK_VENDOR_PUB": str(tmp_path / "v.pub")})
     assert r.exit_code == 0, r.output
 
 

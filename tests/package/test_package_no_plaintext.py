@@ -45,7 +45,7 @@ def _snapshot(*dirs: Path) -> set[tuple[str, int, int]]:
     return out
 
 
-def test_load_writes_no_file(module_package: Path, model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_writes_no_file(module_package: Path, vendor, model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     global _WRITES
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -55,7 +55,7 @@ def test_load_writes_no_file(module_package: Path, model: torch.nn.Module, tmp_p
     before = _snapshot(*watched)
     _WRITES = []
     try:
-        loaded = load_package(module_package, Passphrase(PASSPHRASE), now=NOW)
+        loaded = load_package(module_package, Passphrase(PASSPHRASE), vendor_key=vendor.public, now=NOW)
         x = torch.randn(2, 1, 28, 28)
         assert torch.equal(loaded.model(x), model(x))
     finally:

@@ -16,6 +16,7 @@ from tracemark.package import (
     PassphraseWrap,
     RecipientKey,
     RecipientWrap,
+    UntrustedSignerWarning,
     VendorKey,
     inspect_package,
     load_package,
@@ -37,21 +38,23 @@ def test_module_roundtrip_passphrase_and_recipient(module_package: Path, vendor:
 
 
 def test_inspect_reads_manifest_and_licence_without_any_key(module_package: Path, vendor: VendorKey, model: torch.nn.Module) -> None:
-    info = inspect_package(module_package)
+    info = inspect_package(module_package, vendor.public)
     data = model_bytes(model)
     assert info.manifest.model.size == len(data)
     assert info.licence.customer_id == "acme-gmbh"
     assert info.manifest.model.architecture == {"arch": "lenet", "input_shape": [1, 28, 28], "num_classes": 10} or \
         info.manifest.model.architecture == {"arch": "lenet", "input_shape": (1, 28, 28), "num_classes": 10}
     assert {w["type"] for w in info.manifest.wraps} == {"passphrase", "x25519"}
-    assert "acme-gmbh" in str(info) and not info.signer_pinned
-    assert inspect_package(module_package, vendor.public).signer_pinned
+    assert "acme-gmbh" in str(info) and info.signer_pinned
+    assert "chunk tags against the signed digest" in str(info) and "chunk contents" in str(info)  # says what was not checked
+    with pytest.warns(UntrustedSignerWarning, match="not pinned"):
+        assert not inspect_package(module_package, trust_any_signer=True).signer_pinned
 
 
 def test_safetensors_without_architecture_gives_zero_copy_tensors(tmp_path: Path, vendor: VendorKey, tiny_safetensors: bytes) -> None:
     out = tmp_path / "t.tmpkg"
     pack_model(tiny_safetensors, out, vendor=vendor, licence=make_licence(), wraps=[RecipientWrap(vendor.public)], chunk_size=100)
-    loaded = load_package(out, RecipientKey.from_vendor(vendor), now=NOW)
+    loaded = load_package(out, RecipientKey.from_vendor(vendor), vendor_key=vendor.public, now=NOW)
     from safetensors.torch import load
 
     expected = load(tiny_safetensors)
@@ -75,7 +78,7 @@ def test_onnx_package_gives_session(tmp_path: Path, vendor: VendorKey, model: to
     out = tmp_path / "o.tmpkg"
     result = pack_model(src, out, vendor=vendor, licence=make_licence(), wraps=[RecipientWrap(vendor.public)], chunk_size=10_000)
     assert result.model_format == "onnx" and result.model_id == "m"
-    loaded = load_package(out, RecipientKey.from_vendor(vendor), now=NOW)
+    loaded = load_package(out, RecipientKey.from_vendor(vendor), vendor_key=vendor.public, now=NOW)
     x = torch.randn(1, 1, 28, 28)
     (y,) = loaded.session.run(None, {"x": x.numpy()})
     np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
@@ -92,20 +95,20 @@ def test_torch_export_package_gives_module(tmp_path: Path, vendor: VendorKey, mo
     out = tmp_path / "e.tmpkg"
     result = pack_model(buf.getvalue(), out, vendor=vendor, licence=make_licence(), wraps=[RecipientWrap(vendor.public)])
     assert result.model_format == "torch.export"
-    loaded = load_package(out, RecipientKey.from_vendor(vendor), now=NOW)
+    loaded = load_package(out, RecipientKey.from_vendor(vendor), vendor_key=vendor.public, now=NOW)
     x = torch.randn(1, 1, 28, 28)
     torch.testing.assert_close(loaded.model(x), model(x))
 
 
-def test_unpack_writes_exact_model_and_warns(module_package: Path, tmp_path: Path, model: torch.nn.Module) -> None:
+def test_unpack_writes_exact_model_and_warns(module_package: Path, vendor: VendorKey, tmp_path: Path, model: torch.nn.Module) -> None:
     out = tmp_path / "plain" / "m.safetensors"
     with pytest.warns(UserWarning, match="unprotected"):
-        unpack_package(module_package, out, Passphrase(PASSPHRASE), now=NOW)
+        unpack_package(module_package, out, Passphrase(PASSPHRASE), vendor_key=vendor.public, now=NOW)
     import hashlib
 
     from tracemark.data.models import load_model
 
-    assert hashlib.sha256(out.read_bytes()).hexdigest() == inspect_package(module_package).manifest.model.sha256
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == inspect_package(module_package, vendor.public).manifest.model.sha256
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(load_model(out)(x), model(x))
     assert out.stat().st_mode & 0o077 == 0

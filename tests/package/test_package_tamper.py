@@ -13,6 +13,7 @@ from tracemark.package import (
     CorruptPackageError,
     PackageSignatureError,
     RecipientKey,
+    UntrustedSignerError,
     VendorKey,
     load_package,
 )
@@ -27,8 +28,8 @@ def _regions(path: Path) -> tuple[int, int, int]:
     return c.payload_offset + c.payload_size, c.payload_offset + c.payload_size + len(c.manifest_bytes), size
 
 
-def _load(path: Path, vendor: VendorKey, pinned: bool = False):
-    return load_package(path, RecipientKey.from_vendor(vendor), vendor_key=vendor.public if pinned else None, now=NOW, workers=1)
+def _load(path: Path, vendor: VendorKey):
+    return load_package(path, RecipientKey.from_vendor(vendor), vendor_key=vendor.public, now=NOW, workers=1)
 
 
 def test_every_flipped_byte_is_refused(tiny_package: Path, vendor: VendorKey, tmp_path: Path) -> None:
@@ -50,7 +51,8 @@ def test_every_flipped_byte_is_refused(tiny_package: Path, vendor: VendorKey, tm
         seen[region].add(type(info.value))
     assert seen["signature"] == {PackageSignatureError}
     assert seen["payload"] == {CorruptPackageError}
-    assert seen["manifest"] <= {PackageSignatureError, CorruptPackageError, FormatVersionError}  # version digit
+    # version digit: FormatVersionError; the embedded signer key: UntrustedSignerError (not the pinned key)
+    assert seen["manifest"] <= {PackageSignatureError, UntrustedSignerError, CorruptPackageError, FormatVersionError}
     assert PackageSignatureError in seen["manifest"]
     assert seen["magic"] <= {CorruptPackageError, FormatVersionError}
     assert seen["trailer"] == {CorruptPackageError}
@@ -66,7 +68,7 @@ def test_sampled_flips_in_a_real_model_package(module_package: Path, vendor: Ven
         data[pos] ^= 0x80
         bad.write_bytes(data)
         with pytest.raises((CorruptPackageError, PackageSignatureError)):
-            _load(bad, vendor, pinned=True)
+            _load(bad, vendor)
 
 
 def _chunk_span(path: Path, index: int, chunk_size: int) -> tuple[int, int]:
@@ -94,7 +96,7 @@ def test_reordered_dropped_truncated_chunks_are_refused(tiny_package: Path, vend
 
 
 def test_pinned_vendor_key_refuses_another_signer(tiny_package: Path, vendor: VendorKey) -> None:
-    with pytest.raises(PackageSignatureError, match="not by the pinned key"):
+    with pytest.raises(UntrustedSignerError, match="not by the pinned key"):
         load_package(tiny_package, RecipientKey.from_vendor(vendor), vendor_key=VendorKey.generate().public, now=NOW)
 
 

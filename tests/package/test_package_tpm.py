@@ -32,7 +32,7 @@ def test_tpm_seal_load_then_pcr_change_refuses(swtpm: str, tmp_path: Path, vendo
     assert loaded.model is not None and loaded.unlocked_with.startswith("tpm2")
     _extend_pcr7(swtpm)
     with pytest.raises(DeviceError, match="PCRs sha256:7 no longer hold the enrolled values"):
-        load_package(out, TpmDevice(swtpm), device_id=enrolment.device_id, now=NOW)
+        load_package(out, TpmDevice(swtpm), device_id=enrolment.device_id, vendor_key=vendor.public, now=NOW)
 
 
 def test_tpm_package_for_another_tpm_is_refused(swtpm: str, tmp_path: Path, vendor, model) -> None:
@@ -51,7 +51,7 @@ def test_tpm_package_for_another_tpm_is_refused(swtpm: str, tmp_path: Path, vend
     out = tmp_path / "other.tmpkg"
     pack_model(model, out, vendor=vendor, licence=make_licence(), wraps=[TpmWrap(enrolment)])
     with pytest.raises(DeviceError, match="not to this TPM"):
-        load_package(out, TpmDevice(swtpm), now=NOW)
+        load_package(out, TpmDevice(swtpm), vendor_key=vendor.public, now=NOW)
 
 
 def test_unreachable_tpm_is_a_device_error(tmp_path: Path, vendor, model, swtpm: str) -> None:
@@ -59,4 +59,4 @@ def test_unreachable_tpm_is_a_device_error(tmp_path: Path, vendor, model, swtpm:
     out = tmp_path / "t.tmpkg"
     pack_model(model, out, vendor=vendor, licence=make_licence(), wraps=[TpmWrap(enrolment)])
     with pytest.raises(DeviceError, match="cannot reach a TPM"):
-        load_package(out, TpmDevice("swtpm:host=127.0.0.1,port=1"), now=NOW)
+        load_package(out, TpmDevice("swtpm:host=127.0.0.1,port=1"), vendor_key=vendor.public, now=NOW)

@@ -48,10 +48,11 @@ def test_rate_limit_answers_429_with_retry_after_then_recovers(net, digits, run_
         assert "rate limit" in limited.json()["detail"]
         own = srv.clients.add("vip", rate=1000.0, burst=1000.0).token  # a client's own allowance overrides the default
         assert all(srv.post(own, {"inputs": x}).status_code == 200 for _ in range(5))
-        too_big = srv.post(token, {"inputs": digits.x_test[:40].tolist()})
-        assert too_big.status_code == 422 and "burst" in too_big.json()["detail"]
         import time
 
+        time.sleep(0.1)  # 2 tokens refilled: a request's first query is charged before its body is read (else 429)
+        too_big = srv.post(token, {"inputs": digits.x_test[:40].tolist()})
+        assert too_big.status_code == 422 and "burst" in too_big.json()["detail"]
         time.sleep(0.6)  # 12 tokens refilled
         assert srv.post(token, {"inputs": x}).status_code == 200
         assert srv.server.audit.count() == 9 * 10
@@ -239,8 +240,10 @@ def test_image_upload(net, digits, run_server) -> None:
         assert srv.server.audit.count() == 3
 
 
-def test_public_description_health_and_metrics(net, digits, run_server) -> None:
-    with run_server(net) as srv:
+def test_public_description_health_and_metrics(net, digits, run_server, monkeypatch) -> None:
+    admin = "admin-token-of-this-test-0123456789"
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", admin)
+    with run_server(net, admin_token_env="TEST_ADMIN_TOKEN") as srv:
         token = srv.clients.add("watcher").token
         srv.post(token, {"inputs": digits.x_test[:3].tolist()})
         srv.post(None, {"inputs": []})
@@ -251,7 +254,8 @@ def test_public_description_health_and_metrics(net, digits, run_server) -> None:
         text = described.text.lower()
         assert not any(word in text for word in ("weight", "state_dict", "tmk_", "key_sha256", "conv"))
         assert srv.http.get("/healthz").json() == {"status": "ok", "model": "digits-cnn"}
-        metrics = srv.http.get("/metrics")
+        assert srv.http.get("/metrics").status_code == 401  # per-client detail is for the admin token only
+        metrics = srv.http.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
         assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
         body = metrics.text
         assert 'tracemark_queries_answered_total{client="watcher"' in body and body.count("} 3\n") >= 1

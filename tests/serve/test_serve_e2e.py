@@ -37,7 +37,9 @@ def package(tmp_path: Path, net) -> Path:
     now = datetime.now(timezone.utc)
     licence = Licence("acme", now - timedelta(hours=1), now + timedelta(days=1), (), OutputPolicy("top_k", 2, 2))
     out = tmp_path / "digits.tmpkg"
-    pack_model(net, out, vendor=VendorKey.generate(), licence=licence, wraps=[PassphraseWrap(PASSPHRASE, n=2**10)])
+    vendor = VendorKey.generate()
+    vendor.public.save(tmp_path / "vendor.pub")  # what the customer pins
+    pack_model(net, out, vendor=vendor, licence=licence, wraps=[PassphraseWrap(PASSPHRASE, n=2**10)])
     return out
 
 
@@ -62,7 +64,7 @@ def test_serve_package_with_workers_clients_and_audit_export(tmp_path: Path, pac
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, "serve", str(package), "--port", str(port), "--workers", "2",
-         "--passphrase-env", "PKG_PASS", "--threads", "1"],
+         "--passphrase-env", "PKG_PASS", "--vendor-pub", str(tmp_path / "vendor.pub"), "--threads", "1"],
         env={**os.environ, **env, "PKG_PASS": PASSPHRASE, "PYTHONPATH": str(Path(__file__).parents[2])},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

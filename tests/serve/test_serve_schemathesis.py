@@ -33,4 +33,4 @@ def test_no_server_errors_on_generated_requests(net, run_server) -> None:
             check()
         assert {200, 422} <= seen["POST /v1/predict"]  # both valid batches and refused ones were generated
         answered = srv.server.audit.count()
-        assert srv.http.get("/metrics").text.count("tracemark_queries_answered_total{") == 1 and answered > 0
+        assert srv.http.get("/metrics").text.count("\ntracemark_queries_answered_total ") == 1 and answered > 0

@@ -148,7 +148,7 @@ def test_unreachable_port_fails_fast_with_named_error() -> None:
     with pytest.raises(TargetUnreachableError, match=bad.replace(".", r"\.")):
         t.predict(inputs(2))
     assert time.monotonic() - started < 2.0
-    assert [(r.status, r.attempt) for r in t.transcript] == [(None, 0), (None, 1)]
+    assert [(r.status, r.attempt) for r in t.transcript] == [(None, 0)]  # refused: not retried
 
 
 def test_non_json_answer_is_a_response_error_without_retry(url: str, app: FastAPI) -> None:

@@ -1,8 +1,15 @@
-"""Option helpers shared by CLI verbs: passphrases and key loading."""
+"""Option helpers shared by CLI verbs: secrets, key loading, data sets and suspects.
+
+Secrets never travel as option values (other users see command lines in ``ps``): they come
+from an environment variable, a file, or a hidden prompt on a terminal.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -10,14 +17,46 @@ import typer
 from tracemark.keys import WatermarkKey, is_encrypted
 
 PASSPHRASE_ENV = "TRACEMARK_KEY_PASSPHRASE"
+API_KEY_ENV = "TRACEMARK_API_KEY"
+
+
+def read_secret(what: str, default_env: str, *, env_var: str | None = None, file: Path | None = None,
+                confirm: bool = False, other_sources: str = "") -> str:
+    """A secret from ``file``, else ``$env_var``, else ``$default_env``, else a hidden prompt on a terminal.
+
+    Raises :class:`~tracemark.errors.SecretMissingError` naming where to put it when none of
+    these gives one (for example when stdin is not a terminal). ``other_sources`` is appended to
+    that hint (e.g. "or --passphrase-file PATH").
+    """
+    from tracemark.errors import SecretMissingError
+
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretMissingError(f"cannot read the {what} from {file} ({exc})") from exc
+        secret = text[:-1] if text.endswith("\n") else text
+        secret = secret[:-1] if secret.endswith("\r") else secret
+        if not secret:
+            raise SecretMissingError(f"{file} is empty; put the {what} in it")
+        return secret
+    if env_var is not None:
+        secret = os.environ.get(env_var, "")
+        if not secret:
+            raise SecretMissingError(f"${env_var} is not set or empty; export the {what} in it")
+        return secret
+    secret = os.environ.get(default_env, "")
+    if secret:
+        return secret
+    if not sys.stdin.isatty():
+        hint = f"set ${default_env}" + (f" {other_sources}" if other_sources else "")
+        raise SecretMissingError(f"the {what} is needed and there is no terminal to ask on: {hint}")
+    return typer.prompt(what, hide_input=True, confirmation_prompt=confirm)
 
 
 def read_passphrase(confirm: bool = False) -> str:
-    """The key passphrase from ``$TRACEMARK_KEY_PASSPHRASE``, else a hidden prompt."""
-    from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env:
-        return from_env
-    return typer.prompt("key passphrase", hide_input=True, confirmation_prompt=confirm)
+    """The watermark key passphrase from ``$TRACEMARK_KEY_PASSPHRASE``, else a hidden prompt."""
+    return read_secret("key passphrase", PASSPHRASE_ENV, confirm=confirm)
 
 
 def load_key(path: Path) -> WatermarkKey:
@@ -30,6 +69,29 @@ def load_key(path: Path) -> WatermarkKey:
     return WatermarkKey.load(path, passphrase)
 
 
+DATA_SOURCES = ("digits (bundled), mnist or fashion-mnist (mnist.npz / fashion_mnist.npz read from $TRACEMARK_DATA_DIR, "
+                "else shared/data beside the checkout), or a path to an .npz")
+
+
+def data_help(what: str) -> str:
+    """``--data`` help text: ``what`` the data is for, then where each name is read from."""
+    return f"{what}: {DATA_SOURCES}."
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print the warnings raised inside (a legacy owner key's, for one) as one ``warning:`` line each."""
+    import warnings
+
+    from tracemark.cli._output import error_console
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        error_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+
+
 LEDGER_HELP = "Append this event to the evidence ledger at this path (default: $TRACEMARK_LEDGER, if set)."
 
 
@@ -38,7 +100,8 @@ def record_event(ledger_path: Path | None, record, *args, quiet: bool = False, *
     from tracemark.cli._output import error_console
     from tracemark.ledger import configured_ledger
 
-    ledger = configured_ledger(ledger_path)
+    with warnings_as_lines():
+        ledger = configured_ledger(ledger_path)
     if ledger is None:
         return
     entry = record(ledger, *args, **kwargs)
@@ -47,13 +110,18 @@ def record_event(ledger_path: Path | None, record, *args, quiet: bool = False, *
 
 
 def parse_headers(headers: list[str]) -> dict[str, str]:
-    """``--header 'Name: value'`` options as a dict."""
+    """``--header 'Name: value'`` options as a dict; a value written ``$VAR`` is read from that environment variable."""
+    import re
+
     parsed = {}
     for header in headers:
         name, sep, value = header.partition(":")
         if not sep:
             raise typer.BadParameter(f"header {header!r} is not 'Name: value'", param_hint="--header")
-        parsed[name.strip()] = value.strip()
+        value = value.strip()
+        if re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", value):
+            value = read_secret(f"value of header {name.strip()}", value[1:], env_var=value[1:])
+        parsed[name.strip()] = value
     return parsed
 
 
@@ -62,8 +130,19 @@ MODEL_OPT = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .p
 URL_OPT = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint).")
 FIELD_OPT = typer.Option("labels", help="With --url: dotted path of the answers in the JSON response.")
 TEMPLATE_OPT = typer.Option(None, help='With --url: JSON request body with "{{inputs}}" or "{{inputs_flat}}".')
-HEADER_OPT = typer.Option([], help="With --url: extra header 'Name: value' (repeatable).")
-API_KEY_OPT = typer.Option(None, envvar="TRACEMARK_API_KEY", help="With --url: bearer token.")
+HEADER_OPT = typer.Option([], help="With --url: extra header 'Name: value' (repeatable); a value written '$VAR' "
+                                   "(quoted) is read from that environment variable, so a secret stays out of `ps`.")
+
+
+def _api_key(value: str | None) -> str | None:
+    """``--api-key-env VAR``: the bearer token in ``$VAR`` (default ``$TRACEMARK_API_KEY``), or ``None``."""
+    if value is None:
+        return os.environ.get(API_KEY_ENV) or None
+    return read_secret("API key", API_KEY_ENV, env_var=value)
+
+
+API_KEY_OPT = typer.Option(None, "--api-key-env", metavar="VAR", callback=_api_key,
+                           help=f"With --url: read the bearer token from this environment variable (default ${API_KEY_ENV}).")
 BUDGET_OPT = typer.Option(None, help="With --url: most inputs to send.")
 RATE_OPT = typer.Option(None, help="With --url: most requests per second.")
 BATCH_OPT = typer.Option(32, help="Inputs per request.")

@@ -14,7 +14,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed for training, the demo key and the thief (a run is reproducible)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Train, mark and verify on scikit-learn's bundled digits, end to end (about a minute)."""
+    """Train, mark and verify on scikit-learn's bundled digits, end to end (about 15 s on 2 idle cores; longer when busy)."""
     from tracemark.demo import run_demo
 
     result = run_demo(out, seed=seed, show_progress=not as_json)

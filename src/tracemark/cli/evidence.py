@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from tracemark.cli._output import emit, error_console
-from tracemark.cli.ledger import Json, LedgerDir, OwnerKey, OwnerPub, Passphrase, TsaCa, load_owner, owner_public_key, trusted_roots
+from tracemark.cli.ledger import (Json, LedgerDir, OwnerKey, OwnerPub, Passphrase, PassphraseFile, TsaCa, load_owner,
+                                  owner_public_key, trusted_roots)
 from tracemark.errors import TracemarkError
 
 evidence_app = typer.Typer(help="Evidence bundles: export the proof of ownership, verify it offline.", no_args_is_help=True)
@@ -20,24 +21,18 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write (.zip).")],
     owner_key: OwnerKey,
     passphrase: Passphrase = None,
-    key: Annotated[Optional[list[Path]], typer.Option("--key", help="Watermark key file to reveal (repeatable).")] = None,
-    key_passphrase: Annotated[
-        Optional[str], typer.Option(envvar="TRACEMARK_KEY_PASSPHRASE", help="Passphrase of encrypted watermark key files.")
-    ] = None,
+    passphrase_file: PassphraseFile = None,
+    key: Annotated[Optional[list[Path]], typer.Option("--key", help="Watermark key file to reveal (repeatable; encrypted ones "
+                                                                      "open with $TRACEMARK_KEY_PASSPHRASE or a prompt).")] = None,
     upto: Annotated[Optional[int], typer.Option(help="Export entries 0..UPTO only (default: all).")] = None,
     as_json: Json = False,
 ) -> None:
     """Write an evidence bundle: ledger, tokens, owner key, key reveal, verdicts, transcripts, summary."""
-    from tracemark.keys import WatermarkKey, is_encrypted
+    from tracemark.cli._options import load_key
     from tracemark.ledger import export_bundle
 
-    owner = load_owner(owner_key, passphrase)
-    keys = []
-    for path in key or []:
-        secret = key_passphrase
-        if secret is None and is_encrypted(path):
-            secret = typer.prompt(f"Passphrase of {path}", hide_input=True)
-        keys.append(WatermarkKey.load(path, secret))
+    owner = load_owner(owner_key, passphrase, passphrase_file)
+    keys = [load_key(path) for path in key or []]
     emit(export_bundle(directory, out, owner, keys, upto), as_json)
 
 
@@ -48,16 +43,19 @@ def verify(
     tsa_ca: TsaCa = None,
     as_json: Json = False,
 ) -> None:
-    """Check a bundle offline and print what it proves; exit 1 on any failure."""
+    """Check a bundle offline and print what it proves; exit 1 when a check fails, 2 when the bundle is refused unread."""
+    from tracemark.errors import ArchiveBoundsError, ArchiveFeatureError
     from tracemark.ledger import verify_bundle
+    from tracemark.ledger.errors import MalformedPayloadError
 
     try:
         report = verify_bundle(bundle, owner_public_key(owner_pub), trusted_roots(tsa_ca))
     except TracemarkError as exc:
         if as_json:
             emit({"ok": False, "error": type(exc).__name__, "message": str(exc)}, True)
-        error_console.print(f"[bold red]FAILED:[/] {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from exc
+        error_console.print(f"[bold red]FAILED:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        refused = isinstance(exc, (ArchiveBoundsError, ArchiveFeatureError, MalformedPayloadError))
+        raise typer.Exit(2 if refused else 1) from exc
     emit({"ok": True, **report.to_dict()} if as_json else report, as_json)
 
 

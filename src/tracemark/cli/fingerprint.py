@@ -21,7 +21,7 @@ def fingerprint(
     model: Path = typer.Option(..., help="Trained base model (.safetensors written by tracemark)."),
     customers: Path = typer.Option(..., help="Text file of customer ids, one per line ('#' starts a comment)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies (<customer>.safetensors)."),
-    data: str = typer.Option("digits", help="Training data for the fine-tunes (digits, mnist, fashion-mnist, or an .npz)."),
+    data: str = typer.Option("digits", help=suspect.data_help("Training data for the fine-tunes")),
     registry: Optional[Path] = typer.Option(None, help=f"Customer registry (SQLite; default OUT/{REGISTRY_NAME}); new customers are added to an existing one, customers that already have a copy are refused."),
     drawings: Optional[int] = typer.Option(None, help="Secret drawings in the scheme (default ceil(100/classes)); only for a new registry."),
     workers: int = typer.Option(2, help="Processes making copies in parallel (one torch thread each)."),

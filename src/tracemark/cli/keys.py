@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, load_key, read_passphrase, record_event
+from tracemark.cli._options import LEDGER_HELP, data_help, load_key, read_passphrase, record_event
 from tracemark.cli._output import console, emit
 
 key_app = typer.Typer(help="Create and inspect watermark keys.", no_args_is_help=True)
@@ -17,7 +17,7 @@ key_app = typer.Typer(help="Create and inspect watermark keys.", no_args_is_help
 def new(
     out: Path = typer.Option(..., "--out", "-o", help="Key file to write."),
     kind: str = typer.Option("content", help="content | unrelated | noise | abstract"),
-    data: str = typer.Option("digits", help="Dataset the source images come from (digits, mnist, fashion-mnist, or an .npz)."),
+    data: str = typer.Option("digits", help=data_help("Dataset the source images come from")),
     n_triggers: int = typer.Option(100, "--triggers", "-n", help="Number of trigger inputs."),
     labels: str = typer.Option("keyed", help="keyed (secret random label per trigger, exact null) | single (all -> --target)."),
     target: Optional[int] = typer.Option(None, help="Watermark class for --labels single."),
@@ -31,26 +31,39 @@ def new(
 ) -> None:
     """Make a new secret watermark key and write it to a file."""
     from tracemark.data import load_dataset
-    from tracemark.keys import WatermarkKey
+    from tracemark.errors import InvalidOptionError
+    from tracemark.keys import KINDS, WatermarkKey
 
     if out.exists():
         raise typer.BadParameter(f"{out} exists; refusing to overwrite a key", param_hint="--out")
+    if kind not in KINDS:
+        raise InvalidOptionError(f"--kind {kind} is not a key kind; choose one of {', '.join(KINDS)}")
+    if labels not in ("keyed", "single"):
+        raise InvalidOptionError(f"--labels {labels}: choose keyed (the default) or single")
+    if labels == "single" and target is None:
+        raise InvalidOptionError("--labels single needs --target CLASS: the class every trigger is labelled with")
+    passphrase = read_passphrase(confirm=True) if encrypt else None  # before the work, so a missing one fails fast
     dataset = load_dataset(data)
+    if target is not None and not 0 <= target < dataset.num_classes:
+        raise InvalidOptionError(f"--target {target} is not a class of {dataset.name}; give 0 to {dataset.num_classes - 1}")
     images = None if kind == "abstract" else dataset.x_train
-    key = WatermarkKey.generate(
-        kind,
-        images=images,
-        labels=None if images is None else dataset.y_train,
-        num_classes=dataset.num_classes,
-        input_shape=dataset.input_shape,
-        n_triggers=n_triggers,
-        label_mode=labels,  # type: ignore[arg-type]
-        target_label=target,
-        source_labels=source or None,
-        drawing_png=drawing,
-        name=name,
-    )
-    key.save(out, read_passphrase(confirm=True) if encrypt else None)
+    try:
+        key = WatermarkKey.generate(
+            kind,
+            images=images,
+            labels=None if images is None else dataset.y_train,
+            num_classes=dataset.num_classes,
+            input_shape=dataset.input_shape,
+            n_triggers=n_triggers,
+            label_mode=labels,  # type: ignore[arg-type]
+            target_label=target,
+            source_labels=source or None,
+            drawing_png=drawing,
+            name=name,
+        )
+    except ValueError as exc:
+        raise InvalidOptionError(f"cannot make this key: {exc}; change --triggers, --source or --target") from exc
+    key.save(out, passphrase)
     from tracemark.ledger import record_key_created
 
     record_event(ledger, record_key_created, key, quiet=as_json)

@@ -7,15 +7,23 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, load_key, record_event
-from tracemark.cli._output import console, emit
+from tracemark.cli._options import LEDGER_HELP, data_help, load_key, record_event
+from tracemark.cli._output import console, emit, error_console
+
+TRAIN_SAMPLES = 40_000
+"""Default training length: about this many examples seen (20 epochs of digits, 2 of MNIST)."""
+
+
+def default_epochs(n_train: int) -> int:
+    """Epochs for ``train`` without ``--epochs``: about :data:`TRAIN_SAMPLES` examples, at least 2 and at most 20 epochs."""
+    return max(2, min(20, -(-TRAIN_SAMPLES // max(1, n_train))))
 
 
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
-    data: str = typer.Option("digits", help="Dataset: digits, mnist, fashion-mnist, or an .npz path."),
+    data: str = typer.Option("digits", help=data_help("Dataset")),
     arch: str = typer.Option("small_cnn", help="small_cnn | lenet | mlp"),
-    epochs: int = typer.Option(20, help="Training epochs."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: about 40,000 examples seen; 20 on digits, 2 on MNIST)."),
     seed: int = typer.Option(0, help="Seed for weights and shuffling."),
     key: Optional[Path] = typer.Option(None, help="Embed this key during training (trigger mixing)."),
     ratio: float = typer.Option(0.05, help="With --key: trigger items as a fraction of the training set."),
@@ -32,6 +40,11 @@ def train(
     wm_key = load_key(key) if key else None
     if wm_key is not None:
         train_set = TriggerMixDataset(train_set, wm_key, ratio=ratio)
+    if epochs is None:
+        epochs = default_epochs(len(train_set))
+        if not as_json:
+            error_console.print(f"training {arch} on {dataset.name} for {epochs} epochs ({len(train_set)} examples each; "
+                                "--epochs changes it)", highlight=False)
     report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json)
     save_model(model, out)
     if wm_key is not None:
@@ -47,27 +60,38 @@ def embed(
     model: Path = typer.Option(..., help="Trained model (.safetensors written by tracemark)."),
     key: Path = typer.Option(..., help="Watermark key file."),
     out: Path = typer.Option(..., "--out", "-o", help="Marked model file to write (.safetensors)."),
-    data: str = typer.Option("digits", help="Training data for the short fine-tuning."),
+    data: str = typer.Option("digits", help=data_help("Training data for the short fine-tuning")),
     max_steps: int = typer.Option(2000, help="Upper bound on fine-tuning steps."),
     max_clean_drop: float = typer.Option(0.3, help="Allowed clean-accuracy drop, in points."),
+    lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the fine-tuning (lower keeps clean accuracy, needs more steps)."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the model even if embedding does not reach its goal."),
     seed: int = typer.Option(0, help="Seed for batch sampling."),
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Embed a key into an already-trained model by short fine-tuning."""
+    """Embed a key into an already-trained model by short fine-tuning; exit 1 (nothing written) if it misses its goal."""
     from tracemark.data import load_dataset, load_model, save_model
     from tracemark.embedding import embed as embed_key
 
+    if lr <= 0 or max_steps < 1:
+        raise typer.BadParameter("--lr must be positive and --max-steps at least 1")
     wm_key = load_key(key)
     net = load_model(model)
     report = embed_key(net, wm_key, load_dataset(data), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
-                       seed=seed, show_progress=not as_json)
+                       lr=lr, seed=seed, show_progress=not as_json)
+    emit(report, as_json)
+    if not report.reached_goal and not keep_failed:
+        error_console.print(f"[bold red]error:[/] embedding did not reach its goal; nothing written to {out} "
+                            f"(try --max-steps {2 * max_steps}, --lr {lr / 2:g} or a larger --max-clean-drop; "
+                            "--keep-failed writes it anyway)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     save_model(net, out)
     from tracemark.ledger import file_sha256, record_embedded
 
     record_event(ledger, record_embedded, file_sha256(out), wm_key.commitment(), report, model_name=out.name, quiet=as_json)
-    emit(report, as_json)
     if not report.reached_goal:
+        error_console.print(f"[yellow]warning:[/] embedding did not reach its goal; wrote {out} anyway (--keep-failed)",
+                            highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -17,6 +18,8 @@ from tracemark.cli._output import emit, error_console
 from tracemark.errors import PackageError
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")
+VENDOR_PUB_HELP = "Pin the vendor's public key (vendor.pub); default $TRACEMARK_VENDOR_PUB or ~/.config/tracemark/trusted-vendors/."
+TRUST_ANY_HELP = "Open a package whose signer is not pinned (prints a warning: anyone could have signed it)."
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ def _passphrase(env: Optional[str], ask: bool, confirm: bool = False) -> Optiona
     return None
 
 
-def _unlockers(passphrase_env: Optional[str], ask: bool, keys: list[Path], tpm: bool, tcti: str, machine: bool) -> list:
+def _unlockers(passphrase_env: Optional[str], ask: bool, keys: list[Path], tpm: bool, tcti: str, machine: bool,
+               required: bool = True) -> Optional[list]:
     from tracemark.package import MachineSecret, Passphrase, RecipientKey, TpmDevice, VendorKey
 
     unlockers: list = []
@@ -57,14 +61,27 @@ def _unlockers(passphrase_env: Optional[str], ask: bool, keys: list[Path], tpm: 
     if machine:
         unlockers.append(MachineSecret())
     if not unlockers:
+        if not required:
+            return None
         raise PackageError("say how to open the package: --passphrase-env VAR, --ask-passphrase, --key FILE, --tpm or --machine")
     return unlockers
 
 
-def _pin(vendor_pub: Optional[Path]):
-    from tracemark.package import VendorPublicKey
+@contextmanager
+def signer_warnings() -> Iterator[None]:
+    """Show each :class:`UntrustedSignerWarning` raised inside as one visible warning line on stderr."""
+    from tracemark.package.errors import UntrustedSignerWarning
 
-    return VendorPublicKey.load(vendor_pub) if vendor_pub else None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UntrustedSignerWarning)
+            yield
+    finally:
+        for w in caught:
+            if issubclass(w.category, UntrustedSignerWarning):
+                error_console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def register(root: typer.Typer) -> None:
@@ -77,7 +94,8 @@ def register(root: typer.Typer) -> None:
     tpm_opt = typer.Option(False, "--tpm", help="Unseal with this device's TPM.")
     tcti_opt = typer.Option(DEFAULT_TCTI, "--tcti", help="TSS TCTI of the TPM, e.g. swtpm:host=127.0.0.1,port=2321.")
     machine_opt = typer.Option(False, "--machine", help="Use this machine's derived secret (weak).")
-    vendor_pub_opt = typer.Option(None, "--vendor-pub", help="Pin the vendor's public key (vendor.pub); recommended.")
+    vendor_pub_opt = typer.Option(None, "--vendor-pub", help=VENDOR_PUB_HELP)
+    trust_any_opt = typer.Option(False, "--trust-any-signer", help=TRUST_ANY_HELP)
 
     @root.command("pack")
     def pack(
@@ -131,12 +149,26 @@ def register(root: typer.Typer) -> None:
     def inspect(
         package: Path = typer.Argument(..., help="Package file."),
         vendor_pub: Optional[Path] = vendor_pub_opt,
+        trust_any_signer: bool = trust_any_opt,
+        passphrase_env: Optional[str] = passphrase_env_opt,
+        ask: bool = ask_opt,
+        keys: list[Path] = key_opt,
+        tpm: bool = tpm_opt,
+        tcti: str = tcti_opt,
+        machine: bool = machine_opt,
         as_json: bool = JSON_OPT,
     ) -> None:
-        """Verify a package's signature and show its manifest and licence, without decrypting."""
+        """Check a package's integrity and show its manifest and licence (exit 2 on any damage).
+
+        Without a key: signer, signature, manifest, stanzas, chunk table and every chunk tag. With a way to
+        open it (--key, --passphrase-env, ...): also decrypts every chunk in memory to check its contents.
+        """
         from tracemark.package import inspect_package
 
-        emit(inspect_package(package, _pin(vendor_pub)), as_json)
+        unlockers = _unlockers(passphrase_env, ask, keys, tpm, tcti, machine, required=False)
+        with signer_warnings():
+            info = inspect_package(package, vendor_pub, trust_any_signer=trust_any_signer, unlockers=unlockers)
+        emit(info, as_json)
 
     @root.command("unpack")
     def unpack(
@@ -149,15 +181,17 @@ def register(root: typer.Typer) -> None:
         tcti: str = tcti_opt,
         machine: bool = machine_opt,
         vendor_pub: Optional[Path] = vendor_pub_opt,
+        trust_any_signer: bool = trust_any_opt,
         as_json: bool = JSON_OPT,
     ) -> None:
         """Decrypt a package to a plain model file (after all checks). Leaves an unprotected copy."""
         from tracemark.package import unpack_package
 
-        error_console.print(f"[bold yellow]warning:[/] writing the decrypted model to {out}; this copy is unprotected")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = unpack_package(package, out, _unlockers(passphrase_env, ask, keys, tpm, tcti, machine), vendor_key=_pin(vendor_pub))
+        unlockers = _unlockers(passphrase_env, ask, keys, tpm, tcti, machine)
+        with signer_warnings(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="writing the decrypted model")
+            path = unpack_package(package, out, unlockers, vendor_key=vendor_pub, trust_any_signer=trust_any_signer)
+        error_console.print(f"[bold yellow]warning:[/] wrote the decrypted model to {out}; this copy is unprotected")
         emit(Written((str(path),), "decrypted model written (owner-only permissions); delete it when done"), as_json)
 
     vendor_app = typer.Typer(help="Vendor signing/recipient keys.", no_args_is_help=True)

@@ -267,8 +267,9 @@ def export(
 
 @responses_app.command("alerts")
 def alerts(
+    alerts_db: Optional[Path] = typer.Option(None, "--alerts-db", help="The file `serve --alerts-db` wrote alerts to."),
     audit_db: Path = typer.Option(Path("audit.sqlite"), "--audit-db", envvar="TRACEMARK_AUDIT_DB",
-                                  help="Where the server keeps alerts (its audit log, or its --alerts-db)."),
+                                  help="The server's audit log, where alerts go without --alerts-db."),
     client: Optional[str] = typer.Option(None, help="Only this client (name or id; needs --clients-db)."),
     clients_db: Path = CLIENTS_DB_OPT,
     as_json: bool = JSON_OPT,
@@ -277,14 +278,16 @@ def alerts(
     from tracemark.extraction.monitor import AlertStore
     from tracemark.serve.errors import ServeConfigError
 
-    if not audit_db.is_file():
-        raise ServeConfigError(f"no alert database at {audit_db}; give --audit-db")
+    source = alerts_db or audit_db
+    if not source.is_file():
+        raise ServeConfigError(f"no alert database at {source}; give the file serve wrote them to: --alerts-db PATH "
+                               "(if serve had one) or --audit-db PATH")
     client_id = None
     if client:
         from tracemark.serve.clients import ClientStore
 
         client_id = ClientStore(clients_db).get(client).id
-    emit(Listing(AlertStore(str(audit_db)).list(client_id)), as_json)
+    emit(Listing(AlertStore(str(source)).list(client_id)), as_json)
 
 
 def register(root: typer.Typer) -> None:

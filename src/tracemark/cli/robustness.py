@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from tracemark.cli._options import load_key
+from tracemark.cli._options import data_help, load_key
 from tracemark.cli._output import console, emit
 
 
 def robustness(
     suite: str = typer.Option("standard", help="Attack suite: quick | standard."),
-    data: str = typer.Option("digits", "--dataset", help="Dataset: digits, mnist, fashion-mnist, or an .npz path."),
+    data: str = typer.Option("digits", "--data", help=data_help("Dataset")),
+    dataset_alias: Optional[str] = typer.Option(None, "--dataset", hidden=True, help="Old name of --data."),
     model: Optional[Path] = typer.Option(None, help="Marked model (.safetensors); with --key. Default: train and mark one."),
     key: Optional[Path] = typer.Option(None, help="The model's watermark key file; with --model."),
     mark: str = typer.Option("baseline", help="Without --model: mark configuration to build (baseline | strong)."),
@@ -34,6 +35,7 @@ def robustness(
     from tracemark.lab.victim import CONFIGS, marked_victim, out_of_domain_pool, split_thief
     from tracemark.report import robustness_report
 
+    data = dataset_alias or data
     if (model is None) != (key is None):
         raise typer.BadParameter("give both --model and --key, or neither")
     if mark not in CONFIGS:

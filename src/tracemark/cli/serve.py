@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from tracemark.cli._output import emit, error_console
+from tracemark.cli.package import TRUST_ANY_HELP, VENDOR_PUB_HELP, signer_warnings
 from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE
 from tracemark.serve.errors import ServeConfigError
 
@@ -112,7 +113,8 @@ def serve(
     tpm: bool = typer.Option(False, "--tpm", help="Unseal the package with this device's TPM."),
     tcti: str = typer.Option("device:/dev/tpmrm0", "--tcti", help="TSS TCTI of the TPM, e.g. swtpm:host=127.0.0.1,port=2321."),
     machine: bool = typer.Option(False, "--machine", help="Open the package with this machine's derived secret (weak)."),
-    vendor_pub: Optional[Path] = typer.Option(None, "--vendor-pub", help="Pin the vendor's public key (recommended)."),
+    vendor_pub: Optional[Path] = typer.Option(None, "--vendor-pub", help=VENDOR_PUB_HELP),
+    trust_any_signer: bool = typer.Option(False, "--trust-any-signer", help=TRUST_ANY_HELP),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
     marking: bool = typer.Option(False, "--marking", help="Mark answers per client (a keyed wrong label on a few inputs; "
                                                           "docs/guide/extraction.md)."),
@@ -130,6 +132,14 @@ def serve(
                                                      "from uniform after 500 queries (0: off)."),
     throttle_rate: Optional[float] = typer.Option(None, help="Hold a flagged client to this many queries per second."),
     alerts_db: Optional[Path] = typer.Option(None, "--alerts-db", help="Where alerts go (default: the audit log's file)."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a request's head may take to arrive; slower connections are closed."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a request's body may take after its head; slower ones get 408 and are closed."),
+    max_connections: int = typer.Option(256, help="Open connections per worker; requests beyond them get 503."),
+    max_image_pixels: int = typer.Option(4096 * 4096, help="Largest uploaded image (width × height, read from its header); "
+                                                           "larger ones get 413 without being decoded."),
+    admin_token_env: Optional[str] = typer.Option(None, "--admin-token-env", help="Environment variable holding the admin token "
+                                                  "of GET /metrics (default $TRACEMARK_ADMIN_TOKEN; without a token /metrics shows "
+                                                  "aggregate counters only)."),
 ) -> None:
     """Serve a package or model behind API keys, rate limits, output policies and an audit log."""
     import uvicorn
@@ -137,6 +147,7 @@ def serve(
     from tracemark.extraction.settings import MonitorSettings
     from tracemark.serve.app import create_app
     from tracemark.serve.config import ENV_CONFIG, ServeConfig, UnlockSpec
+    from tracemark.serve.connections import uvicorn_options
 
     config = ServeConfig(
         model=str(model), clients_db=str(clients_db), audit_db=str(audit_db), host=host, port=port, workers=workers,
@@ -145,25 +156,31 @@ def serve(
         input_shape=tuple(int(v) for v in _floats(input_shape, "--input-shape")) if input_shape else None,
         default_policy=_policy(output, top_k, decimals), rate=rate, burst=burst,
         retention_days=retention_days or None, audit_sync=audit_sync, torch_threads=threads, predict_threads=predict_threads,
-        unlock=UnlockSpec(passphrase_env, tuple(str(k) for k in keys), tcti if tpm else None, machine, str(vendor_pub) if vendor_pub else None),
+        unlock=UnlockSpec(passphrase_env, tuple(str(k) for k in keys), tcti if tpm else None, machine,
+                          str(vendor_pub) if vendor_pub else None, trust_any_signer),
         marking=marking, marking_secret=str(marking_secret) if marking_secret else None, marking_rate=marking_rate, marking_cap=marking_cap,
         responses_db=str(responses_db), alerts_db=str(alerts_db) if alerts_db else None,
         monitor=MonitorSettings(prada_delta=monitor_prada or None, volume=monitor_volume or None,
                                 coverage_tv=monitor_coverage or None, throttle_rate=throttle_rate) if monitor else None,
+        header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections,
+        max_image_pixels=max_image_pixels, max_request_pixels=max(max_image_pixels, ServeConfig.max_request_pixels),
+        admin_token_env=admin_token_env,
     )
+    config.admin_token()  # fail here, once, on an unset or short admin token
     if marking:
         from tracemark.extraction.marking import MarkingSecret
 
         MarkingSecret.resolve(config.marking_secret)  # fail here, once, rather than in every worker
-    served = config.load_model()  # fail here, once, rather than in every worker
+    with signer_warnings():
+        served = config.load_model()  # fail here, once, rather than in every worker
     _announce(config, served.model_id)
     if workers == 1:
-        uvicorn.run(create_app(served, config), host=host, port=port, log_level=log_level, server_header=False)
+        uvicorn.run(create_app(served, config), host=host, port=port, log_level=log_level, **uvicorn_options(config))
         return
     del served
     os.environ[ENV_CONFIG] = config.to_json()
     uvicorn.run("tracemark.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, server_header=False)
+                log_level=log_level, **uvicorn_options(config))
 
 
 def _announce(config, model_id: str) -> None:

@@ -89,7 +89,8 @@ def _load_digits(seed: int) -> ImageData:
 def _load_npz(path: Path, name: str) -> ImageData:
     if not path.is_file():
         raise DatasetError(
-            f"{name}: no file at {path}. Put the .npz there or set ${DATA_DIR_ENV} to its folder."
+            f"{name}: no file at {path}. Put {path.name} there, or set ${DATA_DIR_ENV} to the folder that holds it "
+            "(default: shared/data beside the checkout)."
         )
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -116,7 +117,8 @@ def load_dataset(name: str = "digits", seed: int = 0) -> ImageData:
     """Load a dataset by name or ``.npz`` path.
 
     Names: ``digits`` (scikit-learn's bundled 8×8 digits, always available), ``mnist`` and
-    ``fashion-mnist`` (``.npz`` files in :func:`shared_data_dir`), or a path to an ``.npz``
+    ``fashion-mnist`` (``mnist.npz`` / ``fashion_mnist.npz`` in :func:`shared_data_dir`:
+    ``$TRACEMARK_DATA_DIR``, else ``shared/data`` beside the checkout), or a path to an ``.npz``
     with ``x_train, y_train, x_test, y_test``.
     """
     key = name.lower().replace("_", "-")

@@ -118,7 +118,8 @@ def embed(
     note = "" if reached else (
         f"stopped after {max_steps} steps: trigger accuracy {trigger_after:.1%} "
         f"(goal {target_trigger_accuracy:.0%}), clean change {100 * (clean_after - clean_before):+.2f} points "
-        f"(allowed -{100 * max_clean_drop:.2f}); try more steps or a lower learning rate"
+        f"(allowed -{100 * max_clean_drop:.2f}); try more steps (max_steps, --max-steps) or a lower learning rate "
+        f"(lr={lr:g}; --lr)"
     )
     return EmbedReport(
         key_commitment=key.commitment(),

@@ -7,27 +7,17 @@ truncated or edited key is refused with a named error instead of yielding other 
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
+from tracemark._util import sealed
 from tracemark._util.canonical import canonical_json
 from tracemark._util.files import atomic_write_bytes
-from tracemark.errors import FormatVersionError, KeyFileError, TamperedError, WrongPassphraseError
+from tracemark.errors import KeyFileError, TamperedError, WrongPassphraseError
 from tracemark.keys.key import WatermarkKey
 
 FORMAT = "tracemark-key"
 VERSION = 1
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
-
-
-def _derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
 
 
 def encode_key_file(key: WatermarkKey, passphrase: str | None = None) -> bytes:
@@ -39,20 +29,8 @@ def encode_key_file(key: WatermarkKey, passphrase: str | None = None) -> bytes:
         return json.dumps(document, sort_keys=True, indent=1).encode("utf-8") + b"\n"
     if not passphrase:
         raise ValueError("an empty passphrase protects nothing; pass None for an unencrypted key")
-    salt, nonce = os.urandom(16), os.urandom(12)
-    encryption = {
-        "kdf": "scrypt",
-        "n": SCRYPT_N,
-        "r": SCRYPT_R,
-        "p": SCRYPT_P,
-        "salt": base64.b64encode(salt).decode(),
-        "cipher": "AES-256-GCM",
-        "nonce": base64.b64encode(nonce).decode(),
-    }
-    header = {**header, "encryption": encryption}
-    data_key = _derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    ciphertext = AESGCM(data_key).encrypt(nonce, body, canonical_json(header))
-    document = {**header, "ciphertext": base64.b64encode(ciphertext).decode()}
+    header = {**header, "encryption": sealed.new_encryption()}
+    document = {**header, "ciphertext": sealed.seal(body, passphrase, header["encryption"], canonical_json(header))}
     return json.dumps(document, sort_keys=True, indent=1).encode("utf-8") + b"\n"
 
 
@@ -67,15 +45,7 @@ def is_encrypted(path: str | Path) -> bool:
 
 
 def _parse(raw: bytes, source: str) -> dict:
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeyFileError(f"{source}: not a tracemark key file (corrupt or truncated: {exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise KeyFileError(f"{source}: not a tracemark key file (format field is missing or wrong)")
-    if document.get("version") != VERSION:
-        raise FormatVersionError(f"{source}: key format version {document.get('version')!r}; this release reads {VERSION}")
-    return document
+    return sealed.parse_document(raw, source, FORMAT, VERSION, "tracemark key file")
 
 
 def decode_key_file(raw: bytes, passphrase: str | None = None, source: str = "<key>") -> WatermarkKey:
@@ -89,21 +59,12 @@ def decode_key_file(raw: bytes, passphrase: str | None = None, source: str = "<k
     else:
         if passphrase is None:
             raise WrongPassphraseError(f"{source}: the key file is encrypted; give its passphrase")
+        header = {k: document.get(k) for k in ("format", "version", "commitment", "encryption")}
+        plaintext = sealed.unseal(document.get("ciphertext"), passphrase, encryption, canonical_json(header), source)
         try:
-            header = {k: document[k] for k in ("format", "version", "commitment", "encryption")}
-            salt = base64.b64decode(encryption["salt"], validate=True)
-            nonce = base64.b64decode(encryption["nonce"], validate=True)
-            ciphertext = base64.b64decode(document["ciphertext"], validate=True)
-            data_key = _derive(passphrase, salt, int(encryption["n"]), int(encryption["r"]), int(encryption["p"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeyFileError(f"{source}: malformed encryption header ({exc})") from exc
-        try:
-            plaintext = AESGCM(data_key).decrypt(nonce, ciphertext, canonical_json(header))
-        except InvalidTag as exc:
-            raise WrongPassphraseError(
-                f"{source}: wrong passphrase, or the encrypted key file was altered"
-            ) from exc
-        body = json.loads(plaintext)
+            body = json.loads(plaintext)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KeyFileError(f"{source}: the decrypted key body is not JSON") from exc
     key = WatermarkKey.from_body(body)
     if key.commitment() != document.get("commitment"):
         raise TamperedError(f"{source}: key content does not match its recorded commitment; the file was altered")

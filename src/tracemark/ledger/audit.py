@@ -18,10 +18,11 @@ from tracemark.ledger.entries import Entry
 from tracemark.errors import LedgerError
 from tracemark.ledger.errors import AttachmentTamperedError, TokenTamperedError
 from tracemark.ledger.identity import fingerprint
-from tracemark.ledger.store import Ledger
+from tracemark.ledger.schema import ATTACHMENT_FIELDS
+from tracemark.ledger.store import Ledger, check_mark
 from tracemark.ledger.timestamp import TIMESTAMPED, TokenInfo, decode_record, last_covered_seq
-
-ATTACHMENT_FIELDS = ("verdict_sha256", "transcript_sha256", "report_sha256")
+from tracemark.ledger.witness import load_witness, stray_token_witnesses
+from tracemark.trust.authorities import unpinned_warning
 
 
 @dataclass
@@ -80,6 +81,8 @@ def check_tokens(
         record = decode_record(data, name)
         if (record.first_seq, record.last_seq) != (entry.payload["first_seq"], entry.payload["last_seq"]):
             raise TokenTamperedError(f"{name}: covers other entries than entry {entry.seq} says")
+        if record.ledger_id != entries[0].payload["ledger_id"]:
+            raise TokenTamperedError(f"{name}: time-stamps another ledger than this one")
         info: TokenInfo = record.verify(entries, trusted_roots, now=now)
         results.append({"first_seq": record.first_seq, "last_seq": record.last_seq, "info": info, "record": name})
     return results
@@ -96,10 +99,14 @@ def verify_ledger(
     expected_key: Ed25519PublicKey | None = None,
     trusted_roots: list[x509.Certificate] | None = None,
     strict: bool = False,
+    witnesses: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
 ) -> LedgerReport:
     """Check a ledger directory end to end; raise a named error on the first failure.
 
-    A torn tail (interrupted append) is reported as a warning, or raised with ``strict``.
+    Rollback (entries cut and an older head restored) raises :class:`RollbackError` when any
+    witness saw more: token records left in ``tokens/``, the store's high-water mark, or the
+    ``witnesses`` files (exported bundles, saved heads, token records). A torn tail
+    (interrupted append), an unpinned authority and other warnings are raised with ``strict``.
     """
     ledger = Ledger.open(directory)
     entries, tail = ledger.read(allow_torn_tail=True)
@@ -113,7 +120,13 @@ def verify_ledger(
         return path.read_bytes() if path.is_file() else None
 
     tokens = check_tokens(entries, read_member, trusted_roots)
-    warnings = []
+    ledger_id = str(entries[0].payload["ledger_id"])
+    strays, warnings = stray_token_witnesses(ledger.tokens_dir, {t["record"] for t in tokens}, ledger_id, trusted_roots)
+    for witness in strays + [load_witness(w, key, ledger_id, trusted_roots) for w in witnesses]:
+        witness.check(entries)
+    check_mark(entries, key)
+    if tokens and trusted_roots is None:
+        warnings.append(unpinned_warning())
     if tail:
         warnings.append(
             f"the ledger ends in {len(tail)} bytes of an interrupted append (torn tail); it is not an entry. "
@@ -126,15 +139,11 @@ def verify_ledger(
                 warnings.append(f"entry {entry.seq}: attachment {digest[:16]}… is missing (export will fail)")
             elif sha256_hex(path.read_bytes()) != digest:
                 raise AttachmentTamperedError(f"attachment {digest} was altered (its content no longer has that hash)")
-    referenced = {t["record"] for t in tokens}
-    if ledger.tokens_dir.is_dir():
-        for stray in sorted(p for p in ledger.tokens_dir.iterdir() if f"tokens/{p.name}" not in referenced and p.suffix == ".json"):
-            warnings.append(f"{stray.name} is not recorded in the chain (time-stamping was interrupted); it proves nothing")
     if strict and warnings:
         raise LedgerError("strict check failed: " + "; ".join(warnings))
     return LedgerReport(
         path=str(Path(directory)),
-        ledger_id=str(entries[0].payload["ledger_id"]),
+        ledger_id=ledger_id,
         owner_fingerprint=fingerprint(key),
         entries=len(entries),
         events=dict(Counter(e.event for e in entries)),

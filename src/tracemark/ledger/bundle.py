@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -17,16 +15,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tracemark._util.canonical import canonical_json, sha256_hex
 from tracemark._util.files import atomic_write_bytes
-from tracemark.errors import BundleError, FormatVersionError, KeyFileError, TamperedError
+from tracemark.errors import (
+    ArchiveBoundsError,
+    ArchiveError,
+    ArchiveFeatureError,
+    BundleError,
+    FormatVersionError,
+    KeyFileError,
+    TamperedError,
+)
 from tracemark.keys import WatermarkKey, decode_key_file, encode_key_file
 from tracemark.ledger.audit import attachment_hashes, check_tokens, untimestamped, verify_ledger
 from tracemark.ledger.chain import parse_entries, verify_chain
-from tracemark.ledger.entries import Entry, utc_now
+from tracemark.ledger.entries import Entry, parse_json, recanonical, utc_now
 from tracemark.ledger.errors import BundleMemberError, KeyRevealError, TruncatedLedgerError
 from tracemark.ledger.events import KEY_CREATED, MODEL_EMBEDDED, MODEL_PACKAGED, VERIFICATION
 from tracemark.ledger.identity import OwnerIdentity, fingerprint, public_key_hex, public_key_pem, verify_signature
 from tracemark.ledger.store import Ledger
 from tracemark.ledger.timestamp import TIMESTAMPED
+from tracemark.trust.archives import ZipLimits, check_file_size, check_sizes, read_zip
+from tracemark.trust.authorities import unpinned_warning
 
 FORMAT = "tracemark-evidence-bundle"
 VERSION = 1
@@ -37,6 +45,11 @@ LEDGER = "ledger.jsonl"
 PUBLIC_KEY = "owner.pub.pem"
 _MANIFEST_FIELDS = {"format", "version", "created", "ledger_id", "owner_public_key", "head", "members", "sig"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+BUNDLE_LIMITS = ZipLimits(
+    max_archive_bytes=1 << 30, max_members=100_000, max_member_bytes=256 << 20, max_total_bytes=1 << 30,
+    methods=frozenset({zipfile.ZIP_STORED}),
+)
+"""What a bundle may cost: 1 GiB, 100,000 members, 256 MiB each; members stored (the canonical form)."""
 
 
 # ---------------------------------------------------------------------- canonical zip
@@ -60,24 +73,42 @@ def _safe_name(name: str) -> str:
     return name
 
 
+def _read_directory(path: Path) -> dict[str, bytes]:
+    files = [(_safe_name(f.relative_to(path).as_posix()), f) for f in sorted(path.rglob("*")) if f.is_file()]
+    check_sizes([(name, file.stat().st_size) for name, file in files], BUNDLE_LIMITS, str(path))
+    members = {}
+    for name, file in files:
+        with file.open("rb") as handle:
+            members[name] = handle.read(BUNDLE_LIMITS.max_member_bytes + 1)
+        check_sizes([(name, len(members[name]))], BUNDLE_LIMITS, str(path))
+    return members
+
+
 def read_members(bundle: str | os.PathLike[str]) -> dict[str, bytes]:
-    """Members of a bundle zip (which must be in canonical form) or of an extracted bundle directory."""
+    """Members of a bundle zip (which must be in canonical form) or of an extracted bundle directory.
+
+    Sizes and counts are checked against :data:`BUNDLE_LIMITS` before anything is read
+    (:class:`~tracemark.errors.ArchiveBoundsError`); encrypted or compressed members are refused
+    (:class:`~tracemark.errors.ArchiveFeatureError`).
+    """
     path = Path(bundle)
     if path.is_dir():
-        return {_safe_name(p.relative_to(path).as_posix()): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        return _read_directory(path)
     if not path.is_file():
         raise BundleError(f"no evidence bundle at {path}")
+    check_file_size(path, BUNDLE_LIMITS, "evidence bundle")
     data = path.read_bytes()
-    members: dict[str, bytes] = {}
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                name = _safe_name(info.filename)
-                if name in members:
-                    raise BundleMemberError(f"member {name} appears twice")
-                members[name] = archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not a readable evidence bundle ({exc}); it is corrupt or was altered") from exc
+        listed = read_zip(data, BUNDLE_LIMITS, str(path))
+    except (ArchiveBoundsError, ArchiveFeatureError):
+        raise
+    except ArchiveError as exc:
+        raise BundleError(f"{exc}; verify the original bundle file") from exc
+    members: dict[str, bytes] = {}
+    for name, content in listed:
+        if _safe_name(name) in members:
+            raise BundleMemberError(f"member {name} appears twice")
+        members[name] = content
     if pack(members) != data:
         raise BundleError(
             f"{path}: the archive differs from its canonical packing (bytes outside the members were altered, "
@@ -92,17 +123,14 @@ def _manifest_signing_bytes(doc: dict[str, Any]) -> bytes:
 
 
 def _decode_manifest(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleMemberError(f"{MANIFEST}: not JSON ({exc})") from exc
+    doc = parse_json(data, MANIFEST, BundleMemberError, "a JSON manifest")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BundleMemberError(f"{MANIFEST}: not a tracemark evidence bundle manifest")
     if doc.get("version") != VERSION:
         raise FormatVersionError(f"{MANIFEST}: bundle version {doc.get('version')!r}; this release reads {VERSION}")
     if set(doc) != _MANIFEST_FIELDS or not isinstance(doc["members"], dict) or not isinstance(doc["head"], dict):
         raise BundleMemberError(f"{MANIFEST}: malformed manifest fields")
-    if canonical_json(doc) + b"\n" != data:
+    if recanonical(lambda: canonical_json(doc), MANIFEST, BundleMemberError) + b"\n" != data:
         raise BundleMemberError(f"{MANIFEST}: not in canonical form; its bytes were altered")
     return doc
 
@@ -173,7 +201,7 @@ def _summarise(
     for e in entries:
         if e.event != VERIFICATION:
             continue
-        verdict = json.loads(attachments[e.payload["verdict_sha256"]])
+        verdict = parse_json(attachments[e.payload["verdict_sha256"]], f"entry {e.seq}: the verdict attachment", BundleMemberError, "a JSON verdict")
         if not isinstance(verdict, dict) or any(k in verdict and verdict[k] != v for k, v in e.payload.items() if k not in ("target", "verdict_sha256", "transcript_sha256")):
             raise BundleError(f"entry {e.seq}: the attached verdict disagrees with the recorded one")
         commitment = verdict.get("key_commitment")
@@ -238,7 +266,7 @@ def verify_members(
     report.warnings += [f"the time-stamp authority certificate for entries {t['first_seq']}–{t['last_seq']} has expired since (the token stays valid)"
                         for t in tokens if t["authority_cert_expired_now"]]
     if trusted_roots is None and tokens:
-        report.warnings.append("authority roots were not pinned (--tsa-ca); compare the root fingerprints above with the authority's published one")
+        report.warnings.append(unpinned_warning())
     return report
 
 

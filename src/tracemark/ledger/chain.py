@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tracemark._util.canonical import canonical_json
 from tracemark.errors import FormatVersionError, SignatureError
-from tracemark.ledger.entries import GENESIS_PREV, Entry, decode_entry
-from tracemark.ledger.errors import HeadError, SequenceError, TornTailError, TruncatedLedgerError
+from tracemark.ledger.entries import GENESIS_PREV, Entry, decode_entry, parse_json, recanonical
+from tracemark.ledger.errors import HeadError, RollbackError, SequenceError, TornTailError, TruncatedLedgerError
 from tracemark.ledger.identity import OwnerIdentity, fingerprint, public_key_from_hex, public_key_hex, verify_signature
+from tracemark.ledger.schema import check_payload
 
 GENESIS_EVENT = "ledger-created"
 HEAD_FORMAT = "tracemark-ledger-head"
@@ -66,6 +66,7 @@ def verify_chain(entries: list[Entry], expected_key: Ed25519PublicKey | None = N
         if entry.owner != entries[0].owner:
             raise SignatureError(f"entry {entry.seq} names another owner than the ledger's")
         entry.check(key)
+        check_payload(entry.seq, entry.event, entry.payload)
         prev = entry.hash
     return key
 
@@ -103,10 +104,7 @@ def make_head(owner: OwnerIdentity, ledger_id: str, last: Entry) -> Head:
 
 def decode_head(data: bytes, where: str) -> Head:
     """Parse head bytes (canonical form required). Raises :class:`HeadError` or FormatVersionError."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeadError(f"{where}: not a ledger head ({exc})") from exc
+    doc = parse_json(data, where, HeadError, "a ledger head")
     if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
         raise HeadError(f"{where}: not a tracemark ledger head")
     if doc.get("version") != HEAD_VERSION:
@@ -119,14 +117,19 @@ def decode_head(data: bytes, where: str) -> Head:
             raise ValueError("signature is not lower-case hex")
     except (KeyError, ValueError) as exc:
         raise HeadError(f"{where}: malformed head ({exc})") from exc
-    if head.encode() != data:
+    if recanonical(head.encode, where, HeadError) != data:
         raise HeadError(f"{where}: head is not in canonical form; its bytes were altered")
     return head
 
 
+def check_signature(head: Head, key: Ed25519PublicKey) -> None:
+    """Raise :class:`SignatureError` unless ``head`` is signed by ``key``."""
+    verify_signature(key, bytes.fromhex(head.sig), head.signing_bytes(), "ledger head")
+
+
 def check_head(head: Head, entries: list[Entry], key: Ed25519PublicKey) -> None:
     """Raise unless ``head`` is the owner's and the ledger reaches (at least) the entry it names."""
-    verify_signature(key, bytes.fromhex(head.sig), head.signing_bytes(), "ledger head")
+    check_signature(head, key)
     if head.ledger_id != entries[0].payload.get("ledger_id"):
         raise HeadError("the head belongs to another ledger")
     if head.seq >= len(entries):
@@ -136,3 +139,15 @@ def check_head(head: Head, entries: list[Entry], key: Ed25519PublicKey) -> None:
         )
     if entries[head.seq].hash != head.hash:
         raise HeadError(f"the signed head's hash for entry {head.seq} differs from the ledger's: the ledger was rewritten")
+
+
+def check_seen(entries: list[Entry], seen: list[tuple[int, str]], source: str) -> None:
+    """Raise :class:`RollbackError` unless every ``(seq, hash)`` a witness saw is still in ``entries``."""
+    for seq, digest in seen:
+        if seq >= len(entries):
+            raise RollbackError(
+                f"{source} saw entry {seq}, but the ledger ends at entry {len(entries) - 1}: entries were cut off and an older "
+                "head restored (a rollback); recover the ledger from a copy that has them"
+            )
+        if entries[seq].hash != digest:
+            raise RollbackError(f"{source} saw a different entry {seq} than the ledger has: the ledger was rolled back and rewritten")

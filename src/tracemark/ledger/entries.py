@@ -7,11 +7,12 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tracemark._util.canonical import canonical_json, sha256_hex
-from tracemark.errors import FormatVersionError
+from tracemark.errors import FormatVersionError, LedgerError
 from tracemark.ledger.errors import EntryTamperedError, MalformedEntryError
 from tracemark.ledger.identity import OwnerIdentity, verify_signature
 
@@ -25,6 +26,8 @@ _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 _SIGNED_FIELDS = ("format", "version", "seq", "time", "event", "payload", "prev", "owner")
 _ALL_FIELDS = frozenset(_SIGNED_FIELDS + ("hash", "sig"))
+MAX_ENTRY_BYTES = 1 << 20
+"""Longest ledger line (1 MiB): entries hold hashes and small facts; documents go to attachments."""
 
 
 def utc_now() -> str:
@@ -86,8 +89,30 @@ def make_entry(owner: OwnerIdentity, seq: int, event: str, payload: dict[str, An
         raise ValueError(f"event name {event!r} must be lower-case letters, digits and dashes")
     payload = json.loads(canonical_json(payload))  # plain JSON types only, round-trip exact
     unsigned = Entry(seq, time or utc_now(), event, payload, prev, owner.fingerprint(), "", "")
+    if len(unsigned.encode()) + 192 > MAX_ENTRY_BYTES:  # + hash and signature
+        raise LedgerError(f"the {event} entry would exceed {MAX_ENTRY_BYTES:,} bytes; attach large documents with Ledger.attach")
     data = unsigned.signing_bytes()
     return Entry(**{**asdict(unsigned), "payload": payload, "hash": sha256_hex(data), "sig": owner.sign(data).hex()})
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes, where: str, error: type[Exception], what: str) -> Any:
+    """Strict JSON from untrusted bytes: UTF-8, no NaN/Infinity; any failure is ``error`` naming ``where``."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError, JSONDecodeError, over-long integers
+        raise error(f"{where}: not {what} ({str(exc)[:200]}); it was altered or corrupted") from exc
+
+
+def recanonical(encode: Callable[[], bytes], where: str, error: type[Exception]) -> bytes:
+    """``encode()`` of parsed untrusted content; content that has no canonical form (a lone surrogate) is ``error``."""
+    try:
+        return encode()
+    except ValueError as exc:
+        raise error(f"{where}: has no canonical form ({str(exc)[:200]}); it was altered") from exc
 
 
 def decode_entry(line: bytes, where: str) -> Entry:
@@ -95,10 +120,9 @@ def decode_entry(line: bytes, where: str) -> Entry:
 
     Raises :class:`MalformedEntryError` or :class:`FormatVersionError`. Does not check hash or signature.
     """
-    try:
-        doc = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEntryError(f"{where}: not a JSON entry ({exc}); the ledger was altered or corrupted") from exc
+    if len(line) > MAX_ENTRY_BYTES:
+        raise MalformedEntryError(f"{where}: {len(line):,} bytes, over the {MAX_ENTRY_BYTES:,} an entry may have; the ledger was altered")
+    doc = parse_json(line, where, MalformedEntryError, "a JSON entry")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise MalformedEntryError(f"{where}: not a tracemark ledger entry (format field missing or wrong)")
     if doc.get("version") != VERSION:
@@ -119,6 +143,6 @@ def decode_entry(line: bytes, where: str) -> Entry:
     )
     if not ok:
         raise MalformedEntryError(f"{where}: an entry field has the wrong type or form")
-    if canonical_json(doc) != line:
+    if recanonical(lambda: canonical_json(doc), where, MalformedEntryError) != line:
         raise MalformedEntryError(f"{where}: entry is not in canonical form; its bytes were altered")
     return Entry(**{k: doc[k] for k in ("seq", "time", "event", "payload", "prev", "owner", "hash", "sig")})

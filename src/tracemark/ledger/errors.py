@@ -9,6 +9,18 @@ class MalformedEntryError(ChainBrokenError):
     """A ledger line is not a well-formed, canonically encoded entry (a byte was changed or inserted)."""
 
 
+class MalformedPayloadError(MalformedEntryError):
+    """A correctly signed entry's payload lacks a field or has one of the wrong type or length."""
+
+
+class RollbackError(ChainBrokenError):
+    """A witness (time-stamp token, exported bundle, saved head) saw entries the ledger no longer has."""
+
+
+class WitnessError(LedgerError):
+    """A witness file cannot be used: unreadable, of another ledger, or not signed by the ledger's owner."""
+
+
 class EntryTamperedError(ChainBrokenError):
     """An entry's content does not match its recorded hash: it was edited."""
 
@@ -57,6 +69,10 @@ class KeyRevealError(BundleError):
     """The revealed watermark key does not match the commitment recorded in the ledger."""
 
 
+class LegacyOwnerKeyWarning(UserWarning):
+    """The owner key is a PKCS#8 PEM with weak PBKDF2 protection; re-encrypt it with ``tracemark ledger rekey``."""
+
+
 __all__ = [
     "AttachmentTamperedError",
     "AuthorityCertificateExpiredError",
@@ -65,7 +81,11 @@ __all__ = [
     "HeadError",
     "ImprintMismatchError",
     "KeyRevealError",
+    "LegacyOwnerKeyWarning",
     "MalformedEntryError",
+    "MalformedPayloadError",
+    "RollbackError",
+    "WitnessError",
     "SequenceError",
     "TokenTamperedError",
     "TornTailError",

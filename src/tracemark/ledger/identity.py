@@ -1,7 +1,14 @@
-"""The owner's identity: an Ed25519 key pair, private half in a passphrase-protected PEM."""
+"""The owner's identity: an Ed25519 key pair, private half in a passphrase-sealed JSON file.
+
+The file (docs/formats/ledger.md) seals the 32 raw private-key bytes with scrypt + AES-256-GCM,
+like watermark key files. Owner keys written by earlier releases (encrypted PKCS#8 PEM, PBKDF2
+with 2,048 iterations) are still read, with a :class:`LegacyOwnerKeyWarning`.
+"""
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,9 +16,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tracemark._util.canonical import sha256_hex
+from tracemark._util import sealed
+from tracemark._util.canonical import canonical_json, sha256_hex
 from tracemark._util.files import atomic_write_bytes
 from tracemark.errors import KeyFileError, SignatureError, WrongPassphraseError
+from tracemark.ledger.errors import LegacyOwnerKeyWarning
+
+FORMAT = "tracemark-owner-key"
+VERSION = 1
+_HEADER_FIELDS = ("format", "version", "algorithm", "public_key", "encryption")
 
 
 def public_key_hex(public_key: Ed25519PublicKey) -> str:
@@ -87,36 +100,56 @@ class OwnerIdentity:
         return self.private_key.sign(data)
 
     def save(self, path: str | Path, passphrase: str) -> Path:
-        """Write the private key as an encrypted PKCS#8 PEM (owner-only) and ``<path>.pub.pem`` beside it."""
+        """Write the private key sealed under ``passphrase`` (owner-only) and ``<path>.pub.pem`` beside it."""
         if not passphrase:
             raise ValueError("the owner key must be protected by a non-empty passphrase")
-        pem = self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
-        )
-        path = atomic_write_bytes(path, pem, mode=0o600)
+        header = {"format": FORMAT, "version": VERSION, "algorithm": "Ed25519",
+                  "public_key": public_key_hex(self.public_key), "encryption": sealed.new_encryption()}
+        raw = self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())
+        document = {**header, "ciphertext": sealed.seal(raw, passphrase, header["encryption"], canonical_json(header))}
+        path = atomic_write_bytes(path, json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n", mode=0o600)
         atomic_write_bytes(Path(f"{path}.pub.pem"), public_key_pem(self.public_key), mode=0o644)
         return path
 
     @classmethod
     def load(cls, path: str | Path, passphrase: str) -> "OwnerIdentity":
-        """Read an encrypted private key PEM. Raises KeyFileError or WrongPassphraseError."""
+        """Read an owner key file (or a legacy encrypted PEM). Raises KeyFileError or WrongPassphraseError."""
         path = Path(path)
         if not path.is_file():
             raise KeyFileError(f"no owner key file at {path}; create one with `tracemark ledger init`")
         raw = path.read_bytes()
-        try:
-            key = serialization.load_pem_private_key(raw, password=passphrase.encode("utf-8") if passphrase else None)
-        except TypeError as exc:  # encrypted without a passphrase, or plain with one
-            raise WrongPassphraseError(f"{path}: give the passphrase that protects this owner key") from exc
-        except ValueError as exc:
-            if b"ENCRYPTED" in raw:
-                raise WrongPassphraseError(f"{path}: wrong passphrase for the owner key") from exc
-            raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"{path}: not an Ed25519 private key")
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            return cls(_load_legacy_pem(path, raw, passphrase))
+        document = sealed.parse_document(raw, str(path), FORMAT, VERSION, "owner key file")
+        if not passphrase:
+            raise WrongPassphraseError(f"{path}: give the passphrase that protects this owner key")
+        header = {k: document.get(k) for k in _HEADER_FIELDS}
+        secret = sealed.unseal(document.get("ciphertext"), passphrase, document.get("encryption"), canonical_json(header),
+                               f"{path} (owner key)")
+        if len(secret) != 32:
+            raise KeyFileError(f"{path}: the sealed owner key is not 32 bytes")
+        key = Ed25519PrivateKey.from_private_bytes(secret)
+        if public_key_hex(key.public_key()) != document.get("public_key"):
+            raise KeyFileError(f"{path}: the sealed private key does not match the recorded public key")
         return cls(key)
 
     def __str__(self) -> str:
         return f"OwnerIdentity Ed25519 {self.fingerprint()[:16]}…"
+
+
+def _load_legacy_pem(path: Path, raw: bytes, passphrase: str) -> Ed25519PrivateKey:
+    """An owner key written by releases before the scrypt file: an encrypted PKCS#8 PEM (PBKDF2, 2,048 rounds)."""
+    try:
+        key = serialization.load_pem_private_key(raw, password=passphrase.encode("utf-8") if passphrase else None)
+    except TypeError as exc:  # encrypted without a passphrase, or plain with one
+        raise WrongPassphraseError(f"{path}: give the passphrase that protects this owner key") from exc
+    except ValueError as exc:
+        if b"ENCRYPTED" in raw:
+            raise WrongPassphraseError(f"{path}: wrong passphrase for the owner key") from exc
+        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
+    warnings.warn(f"{path}: this owner key is protected only by PBKDF2 with 2,048 rounds; "
+                  f"re-encrypt it with scrypt: tracemark ledger rekey --owner-key {path}", LegacyOwnerKeyWarning, stacklevel=3)
+    return key

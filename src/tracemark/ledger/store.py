@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from tracemark._util.canonical import sha256_hex
 from tracemark._util.files import atomic_write_bytes
-from tracemark.errors import LedgerError
+from tracemark.errors import LedgerError, TracemarkError
 from tracemark.ledger.chain import (
     GENESIS_EVENT,
     Head,
     check_head,
+    check_seen,
+    check_signature,
     decode_head,
     make_head,
     owner_key,
@@ -30,7 +35,7 @@ from tracemark.ledger.chain import (
     verify_chain,
 )
 from tracemark.ledger.entries import GENESIS_PREV, Entry, make_entry
-from tracemark.ledger.errors import HeadError
+from tracemark.ledger.errors import HeadError, WitnessError
 from tracemark.ledger.identity import OwnerIdentity, public_key_hex, public_key_pem
 
 LEDGER_FILE = "ledger.jsonl"
@@ -40,6 +45,54 @@ TOKENS_DIR = "tokens"
 ATTACHMENTS_DIR = "attachments"
 TORN_DIR = "torn"
 TAIL_RECOVERED = "tail-recovered"
+
+
+ENV_STATE_DIR = "TRACEMARK_STATE_DIR"
+_LEDGER_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_MARK_BYTES = 4096
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the store keeps state outside ledgers: ``$TRACEMARK_STATE_DIR``, else ``$XDG_STATE_HOME/tracemark``."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_STATE_DIR):
+        return Path(environ[ENV_STATE_DIR])
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(base) / "tracemark"
+
+
+def mark_path(ledger_id: str) -> Path:
+    """The high-water mark of a ledger: a copy of the newest head this machine signed, outside the ledger."""
+    if not _LEDGER_ID.fullmatch(ledger_id):
+        raise LedgerError(f"ledger id {ledger_id[:40]!r} is not 32 hex digits; the ledger's first entry is malformed")
+    return state_dir() / "ledger-heads" / f"{ledger_id}.json"
+
+
+def read_mark(ledger_id: str, key: Ed25519PublicKey) -> Head | None:
+    """The ledger's high-water mark, checked against the owner's key; ``None`` if this machine has none."""
+    path = mark_path(ledger_id)
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        data = handle.read(_MAX_MARK_BYTES)
+    try:
+        head = decode_head(data, str(path))
+        check_signature(head, key)
+    except TracemarkError as exc:
+        raise WitnessError(f"the high-water mark {path} is unusable ({exc}); remove it if you trust the ledger as it is") from exc
+    if head.ledger_id != ledger_id:
+        raise WitnessError(f"the high-water mark {path} belongs to another ledger; remove it")
+    return head
+
+
+def check_mark(entries: list[Entry], key: Ed25519PublicKey) -> Head | None:
+    """Raise :class:`RollbackError` if this machine once signed a head the ledger no longer reaches."""
+    ledger_id = str(entries[0].payload.get("ledger_id"))
+    mark = read_mark(ledger_id, key)
+    if mark is not None:
+        source = f"the high-water mark {mark_path(ledger_id)} (remove it only if you restored an older ledger on purpose)"
+        check_seen(entries, [(mark.seq, mark.hash)], source)
+    return mark
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -143,6 +196,7 @@ class Ledger:
                 data += chunk
             entries, tail = parse_entries(data, str(self.path), allow_torn_tail=True)
             last = self._checked_last(entries)
+            check_mark(entries, self.owner.public_key)
             ledger_id = str(entries[0].payload["ledger_id"])
             if tail:
                 last = self._recover_tail(fd, len(data) - len(tail), tail, last, ledger_id)
@@ -164,7 +218,12 @@ class Ledger:
         os.lseek(fd, 0, os.SEEK_END)
         _write_all(fd, entry.encode())
         os.fsync(fd)
-        atomic_write_bytes(self.head_path, make_head(self.owner, ledger_id, entry).encode(), mode=0o644)
+        head = make_head(self.owner, ledger_id, entry).encode()
+        atomic_write_bytes(self.head_path, head, mode=0o644)
+        try:
+            atomic_write_bytes(mark_path(ledger_id), head, mode=0o644)
+        except OSError:
+            pass  # the mark is an extra witness (state directory not writable); the ledger and its head are written
 
     def _recover_tail(self, fd: int, offset: int, tail: bytes, last: Entry, ledger_id: str) -> Entry:
         """Move a torn tail aside, cut it off, and record that in the chain."""

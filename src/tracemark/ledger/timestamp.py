@@ -8,7 +8,6 @@ binding of a token to a range of entries (a Merkle root), the token record file
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +27,7 @@ from rfc3161_client import (
 from tracemark._util.canonical import canonical_json, sha256_hex
 from tracemark._util.files import atomic_write_bytes
 from tracemark.errors import FormatVersionError, LedgerError, TimestampError
-from tracemark.ledger.entries import Entry
+from tracemark.ledger.entries import Entry, parse_json, recanonical
 from tracemark.ledger.errors import (
     AuthorityCertificateExpiredError,
     ImprintMismatchError,
@@ -225,12 +224,22 @@ class TokenRecord:
             raise type(exc)(f"token {self.file_name}: {exc}") from exc
 
 
+def _record_types_ok(doc: dict[str, Any]) -> bool:
+    hex64 = lambda v: isinstance(v, str) and len(v) == 64 and not v.strip("0123456789abcdef")  # noqa: E731
+    return (
+        isinstance(doc["ledger_id"], str)
+        and all(type(doc[k]) is int and 0 <= doc[k] < 1 << 63 for k in ("first_seq", "last_seq"))
+        and isinstance(doc["leaves"], list) and all(hex64(leaf) for leaf in doc["leaves"])
+        and hex64(doc["root"])
+        and isinstance(doc["tsa_url"], str)
+        and isinstance(doc["response"], str)
+        and isinstance(doc["chain"], list) and all(isinstance(c, str) and c.isascii() for c in doc["chain"])
+    )
+
+
 def decode_record(data: bytes, where: str) -> TokenRecord:
     """Parse a token record file (canonical form required)."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenTamperedError(f"{where}: not a token record ({exc})") from exc
+    doc = parse_json(data, where, TokenTamperedError, "a token record")
     if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
         raise TokenTamperedError(f"{where}: not a tracemark token record")
     if doc.get("version") != RECORD_VERSION:
@@ -238,6 +247,8 @@ def decode_record(data: bytes, where: str) -> TokenRecord:
     try:
         if set(doc) != _RECORD_FIELDS:
             raise ValueError(f"fields {sorted(doc)}")
+        if not _record_types_ok(doc):
+            raise ValueError("a field has the wrong type or form")
         record = TokenRecord(
             ledger_id=doc["ledger_id"],
             first_seq=doc["first_seq"],
@@ -250,7 +261,7 @@ def decode_record(data: bytes, where: str) -> TokenRecord:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenTamperedError(f"{where}: malformed token record ({exc})") from exc
-    if record.encode() != data:
+    if recanonical(record.encode, where, TokenTamperedError) != data:
         raise TokenTamperedError(f"{where}: token record is not in canonical form; its bytes were altered")
     return record
 

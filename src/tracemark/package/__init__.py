@@ -1,7 +1,9 @@
 """Protected model packages: one signed, licensed file with the weights encrypted in chunks.
 
 Build with :func:`pack_model`, open with :func:`load_package` (in memory only), read the
-manifest and licence without decrypting with :func:`inspect_package`. Format:
+manifest and licence without decrypting with :func:`inspect_package`. Opening needs the vendor's
+key pinned (``vendor_key=``, ``$TRACEMARK_VENDOR_PUB`` or the trusted-vendors directory; see
+:mod:`tracemark.trust.signers`) or ``trust_any_signer=True``. Format:
 docs/formats/package.md; guide: docs/guide/packaging.md.
 
 Names are imported on first use, so the CLI and the device-side tools start without torch.
@@ -21,6 +23,10 @@ _EXPORTS: dict[str, str] = {
     "CorruptPackageError": "tracemark.package.errors",
     "KeyUnwrapError": "tracemark.package.errors",
     "PackageSignatureError": "tracemark.package.errors",
+    "UntrustedSignerError": "tracemark.package.errors",
+    "UntrustedSignerWarning": "tracemark.package.errors",
+    "KeyWrapStanzaError": "tracemark.package.errors",
+    "KeyWrapBoundsError": "tracemark.package.errors",
     "WrongPackagePassphraseError": "tracemark.package.errors",
     "WrongRecipientKeyError": "tracemark.package.errors",
     "Licence": "tracemark.package.licence",

@@ -7,7 +7,7 @@ package is a :class:`~tracemark.errors.TamperedError`, a wrong passphrase a
 
 from __future__ import annotations
 
-from tracemark.errors import PackageError, SignatureError, TamperedError, WrongPassphraseError
+from tracemark.errors import KdfBoundsError, PackageError, SignatureError, TamperedError, WrongPassphraseError
 
 
 class CorruptPackageError(PackageError, TamperedError):
@@ -16,6 +16,22 @@ class CorruptPackageError(PackageError, TamperedError):
 
 class PackageSignatureError(PackageError, SignatureError):
     """The vendor signature over the manifest does not verify, or is by an unexpected key."""
+
+
+class UntrustedSignerError(PackageSignatureError):
+    """The package is signed by a key that is not pinned (or no vendor key is pinned at all)."""
+
+
+class UntrustedSignerWarning(UserWarning):
+    """A package was opened although its signer is not pinned (``trust_any_signer=True``)."""
+
+
+class KeyWrapStanzaError(CorruptPackageError):
+    """A key-wrapping stanza is malformed: a field is missing, of the wrong type or size, or unknown."""
+
+
+class KeyWrapBoundsError(KeyWrapStanzaError, KdfBoundsError):
+    """A key-wrapping stanza demands more key-derivation work than tracemark allows (see trust/kdf.py)."""
 
 
 class KeyUnwrapError(PackageError):
@@ -33,6 +49,10 @@ class WrongRecipientKeyError(KeyUnwrapError):
 __all__ = [
     "CorruptPackageError",
     "PackageSignatureError",
+    "UntrustedSignerError",
+    "UntrustedSignerWarning",
+    "KeyWrapStanzaError",
+    "KeyWrapBoundsError",
     "KeyUnwrapError",
     "WrongPackagePassphraseError",
     "WrongRecipientKeyError",

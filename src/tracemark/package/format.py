@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from tracemark._util.canonical import canonical_json, sha256_hex
 from tracemark.errors import FormatVersionError, PackageError
 from tracemark.package.chunks import NONCE_PREFIX_SIZE, ChunkLayout
-from tracemark.package.errors import CorruptPackageError
+from tracemark.package.errors import CorruptPackageError, KeyWrapStanzaError
 from tracemark.package.licence import Licence
+from tracemark.package.wrap.stanza import check_stanzas
 
 FORMAT = "tracemark-package"
 VERSION = 1
@@ -34,6 +35,7 @@ END = b"TMPKGEND"
 SIGNATURE_SIZE = 64
 TAIL_SIZE = SIGNATURE_SIZE + 8 + len(END)
 MAX_MANIFEST = 16 << 20
+PACKAGE_ID_SIZE = 16
 MODEL_FORMATS = ("safetensors", "onnx", "torch.export")
 CIPHER = "AES-256-GCM"
 
@@ -129,20 +131,25 @@ class Manifest:
             model = raw["model"]
             package_id = bytes.fromhex(raw["package_id"])
             vendor = base64.b64decode(raw["vendor"]["ed25519"], validate=True)
-            wraps = raw["wraps"]
-            if not isinstance(wraps, list) or not all(isinstance(w, dict) and isinstance(w.get("type"), str) for w in wraps):
-                raise PackageError("wraps must be a list of stanzas with a type")
-            return cls(
+            if raw["vendor"].get("key_id") != sha256_hex(vendor)[:16]:
+                raise PackageError("vendor key id does not match the vendor key")
+            if len(package_id) != PACKAGE_ID_SIZE:
+                raise PackageError(f"package id must be {PACKAGE_ID_SIZE} bytes")
+            manifest = cls(
                 package_id,
                 str(raw["created"]),
                 ModelInfo(str(model["id"]), str(model["format"]), str(model["sha256"]), int(model["size"]), model.get("architecture")),
                 Licence.from_dict(raw["licence"]),
                 PayloadInfo(layout, prefix, str(payload["tags_sha256"])),
                 vendor,
-                tuple(wraps),
             )
-        except (PackageError, KeyError, TypeError, ValueError) as exc:
+        except (PackageError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptPackageError(f"{source}: malformed manifest ({exc})") from exc
+        try:
+            wraps = check_stanzas(raw.get("wraps"))
+        except KeyWrapStanzaError as exc:
+            raise type(exc)(f"{source}: {exc}") from exc
+        return cls(**{**manifest.__dict__, "wraps": wraps})
 
 
 def check_version(raw: object, source: str) -> None:
@@ -165,7 +172,7 @@ class Container:
     def manifest_document(self, source: str) -> dict:
         try:
             raw = json.loads(self.manifest_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError covers JSON and oversized numbers
             raise CorruptPackageError(f"{source}: manifest is not valid JSON; the package is damaged") from exc
         check_version(raw, source)
         return raw

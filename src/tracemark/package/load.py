@@ -16,19 +16,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tracemark._util.canonical import sha256_hex
 from tracemark._util.files import atomic_write_bytes
 from tracemark.errors import PackageError, TracemarkError
 from tracemark.package.chunks import decrypt_into_memory, read_tags
 from tracemark.package.device import device_id as this_device_id
-from tracemark.package.errors import CorruptPackageError, KeyUnwrapError, PackageSignatureError
+from tracemark.package.errors import CorruptPackageError, KeyUnwrapError
 from tracemark.package.format import Container, Manifest, read_container
 from tracemark.package.licence import Licence, OutputPolicy
 from tracemark.package.modelio import exported_module, module_from_tensors, onnx_session, tensors_from_buffer
-from tracemark.package.signing import VendorPublicKey, raw_public, verify_manifest
+from tracemark.package.signing import verify_manifest
 from tracemark.package.wrap import Unlocker
+from tracemark.trust.signers import KeySpec, check_signer, pinned_vendor_keys
+
+VendorKeys = KeySpec | Sequence[KeySpec] | None
+"""Pinned vendor key(s): ``VendorPublicKey`` objects or ``vendor.pub`` paths; ``None`` resolves them from
+``$TRACEMARK_VENDOR_PUB`` or the trusted-vendors directory (see :mod:`tracemark.trust.signers`)."""
+NOT_CHECKED_WITHOUT_KEY = "chunk contents (AES-GCM needs the data key; give a way to open the package, e.g. --key or --passphrase-env, to check them)"
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,16 @@ class PackageInfo:
     path: Path
     manifest: Manifest
     signer_pinned: bool
+    checked: tuple[str, ...] = ()
+    not_checked: tuple[str, ...] = ()
 
     @property
     def licence(self) -> Licence:
         return self.manifest.licence
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "signer_pinned": self.signer_pinned, "manifest": self.manifest.to_dict()}
+        return {"path": str(self.path), "signer_pinned": self.signer_pinned, "manifest": self.manifest.to_dict(),
+                "checked": list(self.checked), "not_checked": list(self.not_checked)}
 
     def __str__(self) -> str:
         m = self.manifest
@@ -56,7 +63,9 @@ class PackageInfo:
             f"  {m.payload.layout.count} chunks of {m.payload.layout.chunk_size} bytes, {m.payload.cipher}\n"
             f"  signed by {signer}, created {m.created}\n"
             f"  {m.licence}\n"
-            f"  opens with: {wraps}"
+            f"  opens with: {wraps}\n"
+            f"  checked: {'; '.join(self.checked)}\n"
+            f"  not checked: {'; '.join(self.not_checked) or 'nothing'}"
         )
 
 
@@ -99,23 +108,18 @@ def _describe_stanza(stanza: dict) -> str:
 def _embedded_vendor_key(document: dict, source: str) -> bytes:
     try:
         raw = base64.b64decode(document["vendor"]["ed25519"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptPackageError(f"{source}: manifest names no valid vendor key") from exc
     if len(raw) != 32:
         raise CorruptPackageError(f"{source}: manifest's vendor key has the wrong length")
     return raw
 
 
-def _verified(fd: int, source: str, vendor_key: VendorPublicKey | None) -> tuple[Container, Manifest]:
+def _verified(fd: int, source: str, vendor_key: VendorKeys, trust_any_signer: bool) -> tuple[Container, Manifest, bool]:
+    """Locate, check the signer against the pins, verify the signature, parse and size-check: keyless checks."""
     container = read_container(fd, source)
     document = container.manifest_document(source)
-    embedded = _embedded_vendor_key(document, source)
-    if vendor_key is not None and embedded != raw_public(vendor_key.ed25519):
-        raise PackageSignatureError(
-            f"{source}: signed by vendor {sha256_hex(embedded)[:16]}, not by the pinned key {vendor_key.key_id}; "
-            "this package is not from the vendor you trust"
-        )
-    public = vendor_key.ed25519 if vendor_key is not None else Ed25519PublicKey.from_public_bytes(embedded)
+    public, pinned = check_signer(pinned_vendor_keys(vendor_key), _embedded_vendor_key(document, source), source, trust_any_signer)
     verify_manifest(container.manifest_bytes, container.signature, public, source)
     manifest = Manifest.from_dict(document, source)
     if container.payload_size != manifest.payload.layout.ciphertext_size:
@@ -123,15 +127,54 @@ def _verified(fd: int, source: str, vendor_key: VendorPublicKey | None) -> tuple
             f"{source}: encrypted payload is {container.payload_size} bytes, the manifest says "
             f"{manifest.payload.layout.ciphertext_size}; chunks were dropped, added or truncated"
         )
-    return container, manifest
+    return container, manifest, pinned
 
 
-def inspect_package(path: str | Path, vendor_key: VendorPublicKey | None = None) -> PackageInfo:
-    """Verify a package's signature and structure and return its manifest and licence; decrypts nothing."""
+def _signed_tags(fd: int, container: Container, manifest: Manifest, source: str) -> list[bytes]:
+    """Every chunk's tag, checked against the digest the signature covers."""
+    tags = read_tags(fd, container.payload_offset, manifest.payload.layout)
+    if hashlib.sha256(b"".join(tags)).hexdigest() != manifest.payload.tags_sha256:
+        raise CorruptPackageError(f"{source}: chunk tags do not match the signed manifest; a chunk was altered or replaced")
+    return tags
+
+
+def _keyless_checks(manifest: Manifest, pinned: bool) -> list[str]:
+    signer = f"signature by {'pinned' if pinned else 'UNPINNED'} vendor {manifest.vendor_key_id}"
+    return [signer, "manifest, licence and key-wrap stanzas (schema and bounds)",
+            "chunk table and payload size", f"all {manifest.payload.layout.count} chunk tags against the signed digest"]
+
+
+def inspect_package(
+    path: str | Path,
+    vendor_key: VendorKeys = None,
+    *,
+    trust_any_signer: bool = False,
+    unlockers: Unlocker | Sequence[Unlocker] | None = None,
+    workers: int | None = None,
+) -> PackageInfo:
+    """Verify a package and return its manifest and licence; decrypts nothing unless ``unlockers`` are given.
+
+    Without a key it checks all it can: the signer against the pinned keys (as :func:`load_package`), the
+    signature, manifest and stanzas, the chunk table and payload size, and every chunk tag against the signed
+    digest. With ``unlockers`` it also decrypts every chunk in memory (then wipes it) to authenticate the chunk
+    contents and the model's SHA-256; the licence's dates and devices are shown, not enforced.
+    """
     path = Path(path)
-    with _open(path) as fd:
-        _, manifest = _verified(fd.fileno(), str(path), vendor_key)
-    return PackageInfo(path, manifest, vendor_key is not None)
+    source = str(path)
+    with _open(path) as handle:
+        fd = handle.fileno()
+        container, manifest, pinned = _verified(fd, source, vendor_key, trust_any_signer)
+        tags = _signed_tags(fd, container, manifest, source)
+        checked, not_checked = _keyless_checks(manifest, pinned), [NOT_CHECKED_WITHOUT_KEY]
+        if unlockers is not None:
+            plain, used = _decrypt(fd, container, manifest, tags, _as_list(unlockers), source, workers)
+            matches = hashlib.sha256(plain).hexdigest() == manifest.model.sha256
+            plain[:] = bytes(len(plain))
+            if not matches:
+                raise CorruptPackageError(f"{source}: decrypted model does not match the manifest's SHA-256")
+            checked.append(f"every chunk decrypts and authenticates, model SHA-256 matches (opened with {used})")
+            not_checked = ["licence dates and devices (shown, not enforced)"]
+    return PackageInfo(path, manifest, pinned, tuple(checked), tuple(not_checked))
 
 
 def _open(path: Path):
@@ -158,44 +201,66 @@ def _unwrap(manifest: Manifest, unlockers: Sequence[Unlocker], source: str) -> t
     raise KeyUnwrapError(f"{source}: opens with {offered}; you gave {given}. Give a matching passphrase, key or device")
 
 
+def _as_list(unlockers: Unlocker | Sequence[Unlocker]) -> list[Unlocker]:
+    return [unlockers] if hasattr(unlockers, "kind") else list(unlockers)  # type: ignore[arg-type, list-item]
+
+
+def _decrypt(
+    fd: int, container: Container, manifest: Manifest, tags: list[bytes], unlockers: list[Unlocker], source: str, workers: int | None
+) -> tuple[bytearray, str]:
+    data_key, used = _unwrap(manifest, unlockers, source)
+    payload = manifest.payload
+    plain = decrypt_into_memory(
+        fd, container.payload_offset, payload.layout, data_key, manifest.package_id, payload.nonce_prefix, tags, workers, source
+    )
+    return plain, used
+
+
 def decrypt_package(
     path: str | Path,
     unlockers: Unlocker | Sequence[Unlocker],
     *,
-    vendor_key: VendorPublicKey | None = None,
+    vendor_key: VendorKeys = None,
+    trust_any_signer: bool = False,
     device_id: str | None = None,
     now: datetime | None = None,
     workers: int | None = None,
 ) -> tuple[Manifest, bytearray, str]:
     """Verify, check the licence, unwrap and decrypt: the manifest, the plaintext model bytes and the stanza used.
 
+    The signer must be a pinned vendor key (``vendor_key``, else ``$TRACEMARK_VENDOR_PUB``, else the
+    trusted-vendors directory; :mod:`tracemark.trust.signers`) or :class:`UntrustedSignerError` is raised;
+    ``trust_any_signer=True`` accepts any signer with an :class:`UntrustedSignerWarning`.
     ``device_id`` defaults to this machine's id (only computed when the licence restricts devices).
     """
+    manifest, plain, used, _ = _decrypt_checked(path, unlockers, vendor_key, trust_any_signer, device_id, now, workers)
+    return manifest, plain, used
+
+
+def _decrypt_checked(
+    path: str | Path, unlockers: Unlocker | Sequence[Unlocker], vendor_key: VendorKeys, trust_any_signer: bool,
+    device_id: str | None, now: datetime | None, workers: int | None,
+) -> tuple[Manifest, bytearray, str, bool]:
+    """:func:`decrypt_package`, also saying whether the signer is pinned."""
     path = Path(path)
     source = str(path)
-    unlockers = [unlockers] if hasattr(unlockers, "kind") else list(unlockers)  # type: ignore[arg-type]
     with _open(path) as handle:
         fd = handle.fileno()
-        container, manifest = _verified(fd, source, vendor_key)
-        tags = read_tags(fd, container.payload_offset, manifest.payload.layout)
-        if hashlib.sha256(b"".join(tags)).hexdigest() != manifest.payload.tags_sha256:
-            raise CorruptPackageError(f"{source}: chunk tags do not match the signed manifest; a chunk was altered or replaced")
+        container, manifest, pinned = _verified(fd, source, vendor_key, trust_any_signer)
+        tags = _signed_tags(fd, container, manifest, source)
         if manifest.licence.allowed_devices and device_id is None:
             device_id = this_device_id()
         manifest.licence.check(device_id, now)
-        data_key, used = _unwrap(manifest, unlockers, source)
-        payload = manifest.payload
-        plain = decrypt_into_memory(
-            fd, container.payload_offset, payload.layout, data_key, manifest.package_id, payload.nonce_prefix, tags, workers, source
-        )
-    return manifest, plain, used
+        plain, used = _decrypt(fd, container, manifest, tags, _as_list(unlockers), source, workers)
+    return manifest, plain, used, pinned
 
 
 def load_package(
     path: str | Path,
     unlockers: Unlocker | Sequence[Unlocker],
     *,
-    vendor_key: VendorPublicKey | None = None,
+    vendor_key: VendorKeys = None,
+    trust_any_signer: bool = False,
     device_id: str | None = None,
     now: datetime | None = None,
     workers: int | None = None,
@@ -204,10 +269,10 @@ def load_package(
 
     Safetensors with an architecture reference give a torch module (``model``), without one the
     tensors (``state_dict``); ONNX gives an onnxruntime ``session``; torch.export a torch module.
-    Pin ``vendor_key`` in production: without it the signature is checked against the key the
-    package itself names.
+    The signer must be pinned (``vendor_key`` or the environment; see :func:`decrypt_package`), or
+    ``trust_any_signer=True`` given.
     """
-    manifest, plain, used = decrypt_package(path, unlockers, vendor_key=vendor_key, device_id=device_id, now=now, workers=workers)
+    manifest, plain, used, pinned = _decrypt_checked(path, unlockers, vendor_key, trust_any_signer, device_id, now, workers)
     source, fmt = str(path), manifest.model.format
     model = session = state = None
     if fmt == "safetensors":
@@ -218,7 +283,7 @@ def load_package(
         session = onnx_session(plain, source)
     else:
         model = exported_module(plain, source)
-    return LoadedPackage(manifest, manifest.licence, model, session, state, used, vendor_key is not None)
+    return LoadedPackage(manifest, manifest.licence, model, session, state, used, pinned)
 
 
 def unpack_package(
@@ -226,13 +291,16 @@ def unpack_package(
     out: str | Path,
     unlockers: Unlocker | Sequence[Unlocker],
     *,
-    vendor_key: VendorPublicKey | None = None,
+    vendor_key: VendorKeys = None,
+    trust_any_signer: bool = False,
     device_id: str | None = None,
     now: datetime | None = None,
 ) -> Path:
     """Write the decrypted model to ``out`` (owner-only, atomically) after every check; warns, since this
     leaves a plaintext copy that no licence protects."""
-    manifest, plain, _ = decrypt_package(path, unlockers, vendor_key=vendor_key, device_id=device_id, now=now)
+    manifest, plain, _ = decrypt_package(
+        path, unlockers, vendor_key=vendor_key, trust_any_signer=trust_any_signer, device_id=device_id, now=now
+    )
     if hashlib.sha256(plain).hexdigest() != manifest.model.sha256:
         raise CorruptPackageError(f"{path}: decrypted model does not match the manifest's SHA-256")
     warnings.warn(f"writing the decrypted model to {out}: this plaintext copy is unprotected", stacklevel=2)

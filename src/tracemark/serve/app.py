@@ -2,12 +2,19 @@
 
 ``create_app(model, config)`` builds it; ``app_from_env()`` is the factory uvicorn workers call.
 Routes: ``POST /v1/predict`` (JSON batch; a plain ASGI endpoint, :mod:`~tracemark.serve.endpoint`), ``POST /v1/predict/image`` (multipart upload),
-``GET /v1/model`` (public description), ``GET /healthz``, ``GET /metrics``, ``/docs``, ``/openapi.json``.
+``GET /v1/model`` (public description), ``GET /healthz``, ``GET /metrics`` (detail for the admin token only),
+``/docs`` and ``/redoc`` (assets served locally), ``/openapi.json``.
+
+A request is admitted before any costly work: its body size is checked (:class:`~tracemark.serve.endpoint.Guard`),
+its key authenticated, and the inputs it holds, counted from the raw bytes, charged to the client's bucket
+(:meth:`Server.admit`); only then is it parsed or are its images decoded (within the decode bounds of
+:class:`~tracemark.trust.requests.ImageBounds`). The exact count is settled after parsing (:meth:`Server.answer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import os
 import secrets
@@ -21,19 +28,22 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.audit import AuditLog
 from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
 from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, default_predict_threads, error_response, predict_pool
-from tracemark.serve.errors import AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
+from tracemark.serve.docs import add_offline_docs
+from tracemark.serve.errors import AdminTokenError, AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
 from tracemark.serve.hooks import AnswerHook, admit, close
 from tracemark.serve.metrics import CONTENT_TYPE, Metrics
 from tracemark.serve.model import ServedModel
 from tracemark.serve.policy import effective_policy, render
-from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter
-from tracemark.serve.validation import InputSpec, decode_images, parse_json_inputs
+from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter, check_cost
+from tracemark.serve.validation import InputSpec, check_batch_size, decode_images, parse_json_inputs
+from tracemark.trust.requests import ImageBounds, count_json_inputs, count_multipart_parts, multipart_boundary
 from tracemark.targets.base import Answers
 
 class RequestIds:
@@ -61,6 +71,7 @@ class Server:
     metrics: Metrics
     hook: AnswerHook | None = None
     request_id: RequestIds = field(default_factory=RequestIds)
+    image_bounds: ImageBounds = field(default_factory=ImageBounds)
 
     @property
     def ceiling(self) -> OutputPolicy | None:
@@ -79,12 +90,43 @@ class Server:
             raise LicenceExpiredError("the licence of the served package has expired; ask the vendor to renew it")
         return client
 
-    def answer(self, client: Client, x: np.ndarray) -> dict[str, Any]:
-        """Charge the client's bucket, run the model, apply hook and policy, audit every input, return the body."""
-        allowance = Allowance(client.rate, client.burst) if client.rate is not None and client.burst is not None else self.allowance
-        self.limiter.charge(client.id, len(x), allowance)
+    def allowance_for(self, client: Client) -> Allowance:
+        """The client's own rate and burst, else the server default."""
+        return Allowance(client.rate, client.burst) if client.rate is not None and client.burst is not None else self.allowance
+
+    def charge(self, client: Client, n: int) -> None:
+        """Charge ``n`` queries to the client's bucket, then to the hooks' admission checks (e.g. the monitor's throttle)."""
+        self.limiter.charge(client.id, n, self.allowance_for(client))
         if self.hook is not None:
-            admit(self.hook, client, len(x))
+            admit(self.hook, client, n)
+
+    def admit_head(self, token: str | None) -> Client:
+        """Before a request's body is read: authenticate ``token`` and charge the request's first query, so that a client
+        over its rate is refused (429) without its body being read, and every request, even a refused one, costs one."""
+        client = self.authenticate(token)
+        self.charge(client, 1)
+        return client
+
+    def admit(self, client: Client, n: int) -> int:
+        """Before a body is parsed or decoded: refuse a count of ``n`` inputs (from the raw bytes) over the maximum batch
+        or the client's burst, else charge the rest of it (:meth:`admit_head` charged one). Returns the charge."""
+        if n > self.spec.max_batch:
+            check_batch_size(n, self.spec)
+        cost = max(1, n)
+        if cost > 1:
+            check_cost(cost, self.allowance_for(client))
+            self.charge(client, cost - 1)
+        return cost
+
+    def answer(self, client: Client, x: np.ndarray, charged: int = 0) -> dict[str, Any]:
+        """Settle the client's charge to ``len(x)`` queries (``charged`` were charged on admission), run the model,
+        apply hook and policy, audit every input, return the body."""
+        allowance = self.allowance_for(client)
+        if len(x) > charged:
+            check_cost(len(x), allowance)
+            self.charge(client, len(x) - charged)
+        elif len(x) < charged:
+            self.limiter.refund(client.id, charged - len(x), allowance)
         probabilities = self.model.probabilities(x)
         answers = Answers(probabilities.argmax(axis=1), probabilities)
         if self.hook is not None:
@@ -99,10 +141,17 @@ class Server:
         self.metrics.count("tracemark_queries_answered_total", len(x), client=client.name)
         return {"request_id": request_id, "model": self.model.model_id, "policy": policy.to_dict(), **body}
 
-    def predict_json(self, token: str | None, body: bytes) -> dict[str, Any]:
-        """One ``POST /v1/predict``: authenticate ``token``, parse and check the JSON ``body``, answer it."""
-        client = self.authenticate(token)
-        return self.answer(client, parse_json_inputs(body, self.spec))
+    def predict_json(self, client: Client, body: bytes) -> dict[str, Any]:
+        """One ``POST /v1/predict`` of an admitted client: charge the inputs counted in the raw ``body``, then parse
+        and check it, and answer it."""
+        charged = self.admit(client, count_json_inputs(body))
+        return self.answer(client, parse_json_inputs(body, self.spec), charged)
+
+    def decode(self, files: list[tuple[str, bytes]]) -> np.ndarray:
+        """Uploaded images as a batch, within the decode bounds (counted in /metrics)."""
+        x = decode_images(files, self.spec, self.image_bounds)
+        self.metrics.count("tracemark_images_decoded_total", len(x))
+        return x
 
 
 def _json_body(spec: InputSpec) -> dict[str, Any]:
@@ -196,7 +245,9 @@ def create_app(
         allowance=Allowance(config.rate, config.burst),
         metrics=metrics,
         hook=hook if hook is not None else _extraction_hook(config),
+        image_bounds=config.image_bounds,
     )
+    admin_token = config.admin_token()
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -207,6 +258,8 @@ def create_app(
 
     app = ProtectedAPI(
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         title="tracemark protected prediction API",
         version="1",
         description="Answers classification queries for authorised clients, within their output policy and rate; every query is audited.",
@@ -220,7 +273,13 @@ def create_app(
     @app.post("/v1/predict/image", openapi_extra=_predict_docs("multipart/form-data", _IMAGE_BODY), response_class=JSONResponse)
     async def predict_image(request: Request) -> Response:
         """Classify uploaded images (multipart field ``image``, repeatable), resized to the model's input."""
-        client = server.authenticate(api_token(request.scope["headers"]))
+        client = server.admit_head(api_token(request.scope["headers"]))
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        boundary = multipart_boundary(request.headers.get("content-type", ""))
+        charged = server.admit(client, count_multipart_parts(body, boundary) if boundary else 1)  # other forms hold no files
         try:
             form = await request.form(max_files=server.spec.max_batch, max_fields=server.spec.max_batch)
         except ServeError:
@@ -232,7 +291,7 @@ def create_app(
             raise InvalidInputError("no 'image' file in the form; send -F image=@file.png")
         files = [(item.filename or f"image {i}", await item.read()) for i, item in enumerate(uploads)]
         await form.close()
-        answer = await asyncio.get_running_loop().run_in_executor(pool, lambda: server.answer(client, decode_images(files, server.spec)))
+        answer = await asyncio.get_running_loop().run_in_executor(pool, lambda: server.answer(client, server.decode(files), charged))
         return JSONResponse(answer)
 
     @app.get("/v1/model")
@@ -254,9 +313,15 @@ def create_app(
         return JSONResponse({"status": "ok", "model": model.model_id})
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        """Prometheus metrics of this worker process."""
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics of this worker process: aggregate counters, or per client and worker for the admin token."""
+        if admin_token is None:
+            return PlainTextResponse(metrics.render(detail=False), media_type=CONTENT_TYPE)
+        token = api_token(request.scope["headers"]) or ""
+        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), admin_token.encode("utf-8", "surrogateescape")):
+            raise AdminTokenError("GET /metrics needs the admin token: send 'Authorization: Bearer <token>' "
+                                  "(the server reads it from $TRACEMARK_ADMIN_TOKEN or --admin-token-env)")
+        return PlainTextResponse(metrics.render(detail=True), media_type=CONTENT_TYPE)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -272,8 +337,9 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    add_offline_docs(app)
     app.add_middleware(Guard, max_bytes=config.max_body_bytes, metrics=metrics)
-    app.predict = Guard(PredictEndpoint(server.predict_json, metrics, pool), config.max_body_bytes, metrics)
+    app.predict = Guard(PredictEndpoint(server.admit_head, server.predict_json, metrics, pool), config.max_body_bytes, metrics)
     return app
 
 

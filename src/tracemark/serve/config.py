@@ -12,19 +12,28 @@ from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE, MonitorSett
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.errors import ServeConfigError
 from tracemark.serve.model import ServedModel, from_file, from_package, is_package
+from tracemark.trust.requests import ImageBounds
 
 ENV_CONFIG = "TRACEMARK_SERVE_CONFIG"
+ENV_ADMIN_TOKEN = "TRACEMARK_ADMIN_TOKEN"
+"""Where the admin token of ``GET /metrics`` is read from unless ``admin_token_env`` names another variable."""
+_MIN_ADMIN_TOKEN = 16
 
 
 @dataclass(frozen=True)
 class UnlockSpec:
-    """How to open a package: names of secrets, never the secrets (passphrase by environment variable)."""
+    """How to open a package: names of secrets, never the secrets (passphrase by environment variable).
+
+    ``vendor_pub`` pins the signer (default: ``$TRACEMARK_VENDOR_PUB`` or the trusted-vendors directory, see
+    :mod:`tracemark.trust.signers`); ``trust_any_signer`` opens a package whose signer is not pinned, with a warning.
+    """
 
     passphrase_env: str | None = None
     key_files: tuple[str, ...] = ()
     tpm_tcti: str | None = None
     machine: bool = False
     vendor_pub: str | None = None
+    trust_any_signer: bool = False
 
     def unlockers(self) -> list[Any]:
         """The package unlockers this spec names."""
@@ -60,6 +69,12 @@ class ServeConfig:
     budget (a client's marks at most ``marking_cap ×`` its answered inputs; typical inputs are held back, unusual
     ones never); ``monitor`` (thresholds)
     turns the stealing monitor on, its alerts going to ``alerts_db`` (default: the audit log's file).
+
+    Untrusted-request bounds: a request's head must arrive within ``header_timeout`` seconds and its body within
+    ``body_timeout`` more; beyond ``max_connections`` open connections requests get 503; uploaded images are
+    bounded by ``max_image_pixels`` each and ``max_request_pixels`` per request. ``admin_token_env`` names the
+    environment variable holding the token of ``GET /metrics`` (default ``$TRACEMARK_ADMIN_TOKEN``; without one,
+    /metrics shows only aggregate counters).
     """
 
     model: str
@@ -89,8 +104,20 @@ class ServeConfig:
     responses_db: str = "responses.sqlite"
     monitor: MonitorSettings | None = None
     alerts_db: str | None = None
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
+    max_image_pixels: int = ImageBounds.max_pixels
+    max_request_pixels: int = ImageBounds.max_request_pixels
+    admin_token_env: str | None = None
 
     def __post_init__(self) -> None:
+        if not (0 < self.header_timeout <= 3600 and 0 < self.body_timeout <= 3600) or self.max_connections < 1:
+            raise ServeConfigError("header and body timeouts must be in (0, 3600] seconds and max connections >= 1 "
+                                   f"(got {self.header_timeout}, {self.body_timeout}, {self.max_connections})")
+        if not 1 <= self.max_image_pixels <= self.max_request_pixels:
+            raise ServeConfigError(f"max image pixels must be >= 1 and at most the pixels per request (got {self.max_image_pixels}, "
+                                   f"{self.max_request_pixels})")
         if self.workers < 1 or self.max_batch < 1 or self.max_body_bytes < 1024:
             raise ServeConfigError("workers and max_batch must be >= 1 and max_body_bytes >= 1024")
         if self.predict_threads is not None and self.predict_threads < 1:
@@ -112,6 +139,24 @@ class ServeConfig:
         """The SQLite file of shared rate-limit buckets, next to the client store."""
         return str(Path(self.clients_db).with_suffix(".limits.sqlite"))
 
+    @property
+    def image_bounds(self) -> ImageBounds:
+        """The decode limits of uploaded images."""
+        return ImageBounds(self.max_image_pixels, self.max_request_pixels)
+
+    def admin_token(self) -> str | None:
+        """The admin token of ``GET /metrics`` from the environment (``None``: none configured)."""
+        name = self.admin_token_env or ENV_ADMIN_TOKEN
+        token = os.environ.get(name, "")
+        if not token:
+            if self.admin_token_env:
+                raise ServeConfigError(f"environment variable {name} is empty or unset; export the admin token in it")
+            return None
+        if len(token) < _MIN_ADMIN_TOKEN:
+            raise ServeConfigError(f"the admin token in ${name} is shorter than {_MIN_ADMIN_TOKEN} characters; "
+                                   "make one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return token
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -129,15 +174,13 @@ class ServeConfig:
 
     def load_model(self) -> ServedModel:
         """Open the package or model file this config names."""
-        from tracemark.package import VendorPublicKey
-
         path = Path(self.model)
         if not path.is_file():
             raise ServeConfigError(f"no model or package at {path}")
         if is_package(path):
-            pin = VendorPublicKey.load(self.unlock.vendor_pub) if self.unlock.vendor_pub else None
-            return from_package(path, self.unlock.unlockers(), pin, self.input_shape)
+            return from_package(path, self.unlock.unlockers(), self.unlock.vendor_pub, self.input_shape,
+                                trust_any_signer=self.unlock.trust_any_signer)
         return from_file(path, self.input_shape)
 
 
-__all__ = ["ServeConfig", "UnlockSpec", "ENV_CONFIG"]
+__all__ = ["ServeConfig", "UnlockSpec", "ENV_ADMIN_TOKEN", "ENV_CONFIG"]

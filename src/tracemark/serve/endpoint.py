@@ -33,12 +33,14 @@ from tracemark.serve.errors import PayloadTooLargeError, ServeError
 from tracemark.serve.metrics import Metrics
 
 PREDICT_PATH = "/v1/predict"
-ROUTES = (PREDICT_PATH, "/v1/predict/image", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
+ROUTES = (PREDICT_PATH, "/v1/predict/image", "/v1/model", "/healthz", "/metrics", "/docs", "/redoc", "/openapi.json")
 """Paths /metrics reports by name (any other path is counted as ``other``)."""
 
 LOG = logging.getLogger("tracemark.serve")
-PredictWork = Callable[[str | None, bytes], dict[str, Any]]
-"""Answers one predict request from its API key (or ``None``) and raw JSON body; raises :class:`ServeError`."""
+Admit = Callable[[str | None], Any]
+"""Admits a request from its API key (or ``None``) before its body is read: returns the client or raises :class:`ServeError`."""
+PredictWork = Callable[[Any, bytes], dict[str, Any]]
+"""Answers one admitted predict request from its client and raw JSON body; raises :class:`ServeError`."""
 
 
 def default_predict_threads(threads_per_call: int = 1) -> int:
@@ -78,12 +80,16 @@ def error_response(exc: ServeError, metrics: Metrics) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
+class ClientGone(Exception):
+    """The client disconnected (or its connection was closed for missing a read deadline) before its body arrived."""
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
@@ -99,20 +105,23 @@ async def _send_json(send: Send, status: int, content: Any, headers: tuple[tuple
 
 
 class PredictEndpoint:
-    """``POST /v1/predict``: read the body, answer it with ``work`` on one of ``pool``'s threads (the model must not
-    stall the event loop), send the JSON answer or the refusal; other methods get 405, an unexpected error 500 (logged)."""
+    """``POST /v1/predict``: ``admit`` the request from its key (on the event loop, before the body is read), read the
+    body, answer it with ``work`` on one of ``pool``'s threads (the model must not stall the event loop), send the JSON
+    answer or the refusal; other methods get 405, an unexpected error 500 (logged)."""
 
-    def __init__(self, work: PredictWork, metrics: Metrics, pool: Executor) -> None:
-        self.work, self.metrics, self.pool = work, metrics, pool
+    def __init__(self, admit: Admit, work: PredictWork, metrics: Metrics, pool: Executor) -> None:
+        self.admit, self.work, self.metrics, self.pool = admit, work, metrics, pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             await _send_json(send, 405, {"detail": "Method Not Allowed"}, ((b"allow", b"POST"),))
             return
-        token = api_token(scope["headers"])
         try:
+            client = self.admit(api_token(scope["headers"]))
             body = await _read_body(receive)
-            answer = await asyncio.get_running_loop().run_in_executor(self.pool, self.work, token, body)
+            answer = await asyncio.get_running_loop().run_in_executor(self.pool, self.work, client, body)
+        except ClientGone:
+            return  # nothing half-read is answered, nobody is left to answer
         except ServeError as exc:
             await error_response(exc, self.metrics)(scope, receive, send)
             return

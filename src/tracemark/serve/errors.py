@@ -51,6 +51,16 @@ class PayloadTooLargeError(ServeError):
     status = 413
 
 
+class ImageTooLargeError(PayloadTooLargeError):
+    """An uploaded image (or a request's images together) has more pixels than the server decodes."""
+
+
+class AdminTokenError(ServeError):
+    """An admin-only route (``GET /metrics`` with an admin token configured) was asked without that token."""
+
+    status = 401
+
+
 class InvalidInputError(ServeError, ShapeMismatchError):
     """The inputs are malformed: not JSON, wrong shape, wrong type, out of range, NaN."""
 
@@ -83,6 +93,8 @@ __all__ = [
     "RevokedApiKeyError",
     "RateLimitedError",
     "PayloadTooLargeError",
+    "ImageTooLargeError",
+    "AdminTokenError",
     "InvalidInputError",
     "LicenceExpiredError",
     "AuditWriteError",

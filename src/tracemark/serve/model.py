@@ -115,11 +115,16 @@ def is_package(path: Path) -> bool:
         return handle.read(len(MAGIC_PREFIX)) == MAGIC_PREFIX
 
 
-def from_package(path: str | Path, unlockers: Any, vendor_key: Any = None, input_shape: Sequence[int] | None = None) -> ServedModel:
-    """Open a protected package (in memory only) and serve it under its licence."""
+def from_package(path: str | Path, unlockers: Any, vendor_key: Any = None, input_shape: Sequence[int] | None = None,
+                 *, trust_any_signer: bool = False) -> ServedModel:
+    """Open a protected package (in memory only) and serve it under its licence.
+
+    The signer must be pinned (``vendor_key``: key(s) or ``vendor.pub`` path(s), else the environment; see
+    :mod:`tracemark.trust.signers`) unless ``trust_any_signer``.
+    """
     from tracemark.package import load_package
 
-    loaded = load_package(path, unlockers, vendor_key=vendor_key)
+    loaded = load_package(path, unlockers, vendor_key=vendor_key, trust_any_signer=trust_any_signer)
     model_id = loaded.manifest.model.id
     arch = loaded.manifest.model.architecture or {}
     shape = input_shape or arch.get("input_shape")

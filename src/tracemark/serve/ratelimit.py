@@ -42,7 +42,8 @@ def take(tokens: float, updated: float, now: float, cost: int, allowance: Allowa
     return level, (cost - level) / allowance.rate
 
 
-def _check_cost(cost: int, allowance: Allowance) -> None:
+def check_cost(cost: int, allowance: Allowance) -> None:
+    """Refuse (422) a batch larger than the bucket: it could never pass, however long the client waits."""
     if cost > allowance.burst:
         raise InvalidInputError(
             f"a batch of {cost} inputs exceeds this client's burst of {allowance.burst:g} queries; send smaller batches"
@@ -57,9 +58,12 @@ def _refuse(wait: float, cost: int, allowance: Allowance) -> RateLimitedError:
 
 
 class Limiter(Protocol):
-    """Charges ``cost`` queries to a client's bucket or raises :class:`RateLimitedError`."""
+    """Charges ``cost`` queries to a client's bucket or raises :class:`RateLimitedError`; gives back queries
+    charged in advance and not used (up to the bucket's size)."""
 
     def charge(self, client_id: str, cost: int, allowance: Allowance) -> None: ...
+
+    def refund(self, client_id: str, cost: int, allowance: Allowance) -> None: ...
 
 
 class MemoryLimiter:
@@ -70,7 +74,7 @@ class MemoryLimiter:
         self._lock = threading.Lock()
 
     def charge(self, client_id: str, cost: int, allowance: Allowance) -> None:
-        _check_cost(cost, allowance)
+        check_cost(cost, allowance)
         with self._lock:
             now = time.monotonic()
             tokens, updated = self._buckets.get(client_id, (allowance.burst, now))
@@ -78,6 +82,12 @@ class MemoryLimiter:
             self._buckets[client_id] = (tokens, now)
         if wait > 0:
             raise _refuse(wait, cost, allowance)
+
+    def refund(self, client_id: str, cost: int, allowance: Allowance) -> None:
+        with self._lock:
+            if client_id in self._buckets:
+                tokens, updated = self._buckets[client_id]
+                self._buckets[client_id] = (min(allowance.burst, tokens + cost), updated)
 
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (client_id TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL);"
@@ -93,7 +103,7 @@ class SqliteLimiter:
         self.db = SqliteFile(path, _SCHEMA, synchronous="OFF")  # buckets need no durability
 
     def charge(self, client_id: str, cost: int, allowance: Allowance) -> None:
-        _check_cost(cost, allowance)
+        check_cost(cost, allowance)
         with self.db.write() as conn:
             now = time.monotonic()
             row = conn.execute("SELECT tokens, updated FROM buckets WHERE client_id = ?", (client_id,)).fetchone()
@@ -103,5 +113,9 @@ class SqliteLimiter:
         if wait > 0:
             raise _refuse(wait, cost, allowance)
 
+    def refund(self, client_id: str, cost: int, allowance: Allowance) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE buckets SET tokens = MIN(?, tokens + ?) WHERE client_id = ?", (allowance.burst, cost, client_id))
 
-__all__ = ["Allowance", "Limiter", "MemoryLimiter", "SqliteLimiter", "take"]
+
+__all__ = ["Allowance", "Limiter", "MemoryLimiter", "SqliteLimiter", "check_cost", "take"]

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from tracemark.serve.errors import InvalidInputError
+from tracemark.serve.errors import ImageTooLargeError, InvalidInputError
+from tracemark.trust.requests import ImageBounds
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-MAX_IMAGE_PIXELS = 4096 * 4096
-"""Largest image (width × height) an upload may declare; larger ones are refused before decoding."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,8 @@ class InputSpec:
                 "value_range": list(self.value_range) if self.value_range else None}
 
 
-def _batch_size_ok(n: int, spec: InputSpec) -> None:
+def check_batch_size(n: int, spec: InputSpec) -> None:
+    """Refuse (422) an empty batch or one over ``spec.max_batch``."""
     if n == 0:
         raise InvalidInputError("'inputs' is empty; send at least one input")
     if n > spec.max_batch:
@@ -59,7 +59,7 @@ def parse_json_inputs(body: bytes, spec: InputSpec) -> np.ndarray:
     inputs = doc["inputs"]
     if not isinstance(inputs, list):
         raise InvalidInputError(f"'inputs' must be a list of inputs, not a {type(inputs).__name__}")
-    _batch_size_ok(len(inputs), spec)
+    check_batch_size(len(inputs), spec)
     try:
         raw = np.asarray(inputs)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -127,33 +127,72 @@ def _checked_values(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def decode_image(data: bytes, spec: InputSpec, name: str = "image") -> np.ndarray:
-    """One uploaded image (PNG, JPEG, ...) as a float32 C×H×W input in [0, 1], resized to the model's H×W."""
-    from PIL import Image, UnidentifiedImageError
-
+def _images_ok(spec: InputSpec) -> None:
     if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
         raise InvalidInputError(f"this model takes inputs of shape {list(spec.input_shape)}, not images; send JSON arrays")
-    channels, height, width = spec.input_shape
+
+
+def _open_image(data: bytes, name: str, bounds: ImageBounds) -> Any:
+    """``data`` opened as an image of one of ``bounds.formats``, its header read and its size checked; no pixel decoded yet."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise InvalidInputError(f"{name} is {img.width}×{img.height} pixels; at most {MAX_IMAGE_PIXELS} are accepted")
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32) / 255.0
-    except InvalidInputError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        img = Image.open(io.BytesIO(data), formats=bounds.formats)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name} is refused as a decompression bomb ({exc}); send images of at most {bounds.max_pixels} pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInputError(f"{name} is not a readable image: not a {', '.join(bounds.formats)} file") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidInputError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
+    if img.width * img.height > bounds.max_pixels:
+        img.close()
+        raise ImageTooLargeError(f"{name} is {img.width}×{img.height} pixels; at most {bounds.max_pixels} are decoded, "
+                                 "so resize it before sending")
+    return img
+
+
+def _pixels(img: Any, spec: InputSpec, name: str) -> np.ndarray:
+    """The decoded image as a float32 C×H×W input in [0, 1], resized to the model's H×W."""
+    from PIL import Image
+
+    channels, height, width = spec.input_shape
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        img.draft(mode, (width, height))  # JPEG: decode at the smallest scale still at least the model's size
+        converted = img.convert(mode)
+        if converted.size != (width, height):
+            converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(converted, dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidInputError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return _checked_values(pixels[None].astype(np.float64), spec)[0]
 
 
-def decode_images(files: list[tuple[str, bytes]], spec: InputSpec) -> np.ndarray:
-    """A batch from uploaded images ``[(name, bytes), ...]``."""
-    _batch_size_ok(len(files), spec)
-    return np.stack([decode_image(data, spec, name or f"image {i}") for i, (name, data) in enumerate(files)])
+def decode_images(files: list[tuple[str, bytes]], spec: InputSpec, bounds: ImageBounds = ImageBounds()) -> np.ndarray:
+    """A batch from uploaded images ``[(name, bytes), ...]``: every header is read and checked against ``bounds``
+    (formats, pixels per image and per request) before any image is decoded."""
+    check_batch_size(len(files), spec)
+    _images_ok(spec)
+    opened: list[tuple[str, Any]] = []
+    try:
+        total = 0
+        for i, (name, data) in enumerate(files):
+            img = _open_image(data, name or f"image {i}", bounds)
+            opened.append((name or f"image {i}", img))
+            total += img.width * img.height
+            if total > bounds.max_request_pixels:
+                raise ImageTooLargeError(f"the images of this request have more than {bounds.max_request_pixels} pixels together; "
+                                         "send fewer or smaller images per request")
+        return np.stack([_pixels(img, spec, name) for name, img in opened])
+    finally:
+        for _, img in opened:
+            img.close()
 
 
-__all__ = ["InputSpec", "parse_json_inputs", "decode_image", "decode_images", "MAX_IMAGE_PIXELS"]
+def decode_image(data: bytes, spec: InputSpec, name: str = "image", bounds: ImageBounds = ImageBounds()) -> np.ndarray:
+    """One uploaded image (PNG, JPEG, WebP) as a float32 C×H×W input in [0, 1], resized to the model's H×W."""
+    return decode_images([(name, data)], spec, bounds)[0]
+
+
+__all__ = ["InputSpec", "check_batch_size", "parse_json_inputs", "decode_image", "decode_images"]

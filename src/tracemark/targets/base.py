@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracemark.errors import ClassCountMismatchError, QueryBudgetExceededError, TargetError
+from tracemark.errors import ClassCountMismatchError, QueryBudgetExceededError, TargetError, TargetNotFoundError
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def ask_labels(target: Target, inputs: np.ndarray, batch_size: int) -> tuple[np.
     """Labels for ``inputs`` asked in batches; a failed batch stays -1 and its error is listed.
 
     Returns the labels, one message per failed batch and the last error (``None`` if every batch
-    was answered). Asking stops at the target's query budget.
+    was answered). Asking stops at the target's query budget, and when the target cannot be found.
     """
     answers = np.full(len(inputs), -1, dtype=np.int64)
     errors: list[str] = []
@@ -83,7 +83,7 @@ def ask_labels(target: Target, inputs: np.ndarray, batch_size: int) -> tuple[np.
         except TargetError as exc:
             last_error = exc
             errors.append(f"queries {lo}-{hi - 1}: {type(exc).__name__}: {exc}")
-            if isinstance(exc, QueryBudgetExceededError):
+            if isinstance(exc, (QueryBudgetExceededError, TargetNotFoundError)):
                 break
     return answers, errors, last_error
 

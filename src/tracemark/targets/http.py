@@ -3,7 +3,8 @@
 :class:`HttpTarget` posts inputs as JSON, in batches, and reads labels (and, when the API
 gives them, probabilities) back out of the JSON answer. It retries transient failures with
 exponential back-off, honours ``Retry-After``, keeps to a query budget and a request rate,
-and records every request attempt in a transcript that can be saved as evidence.
+and records every request attempt in a transcript that can be saved as evidence. A host name that
+does not resolve, or a port that refuses connections, fails at once (no retries).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tracemark.errors import (
     ClassCountMismatchError,
     QueryBudgetExceededError,
     ShapeMismatchError,
+    TargetNotFoundError,
     TargetResponseError,
     TargetUnreachableError,
 )
@@ -219,6 +221,10 @@ class HttpTarget(Target):
             self.queries_used += len(batch)
             try:
                 response = client.post(self.url, content=body, headers=self.headers, timeout=self.timeout)
+            except httpx.ConnectError as exc:  # name resolution or connection refused: a retry gets the same answer
+                reason = _connect_failure(exc)
+                self._record(sent, attempt, start, None, error=reason)
+                raise TargetNotFoundError(f"{self.description}: {reason} (not retried); check the URL and that the server is up") from exc
             except httpx.TransportError as exc:  # includes time-outs
                 if isinstance(exc, httpx.TimeoutException):
                     reason = f"timed out after {self.timeout} s"
@@ -300,6 +306,20 @@ class HttpTarget(Target):
     def _sleep_backoff(self, attempt: int, retry_after: str | None = None) -> None:
         delay = _retry_after_seconds(retry_after)
         time.sleep(self.backoff * 2**attempt if delay is None else delay)
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """What a failed connection means: the host name does not resolve, or nothing listens there."""
+    import socket
+
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, socket.gaierror):
+        return f"the host name does not resolve ({cause.strerror or cause})"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    return f"cannot connect ({exc})"
 
 
 def _has_placeholder(template: Any) -> bool:

@@ -7,4 +7,5 @@ evidence bundle from a third party, an HTTP request from a stranger) asks this p
 - :mod:`tracemark.trust.signers` -- which vendor keys and time-stamp authorities are pinned;
 - :mod:`tracemark.trust.archives` -- bounds on zip archives (members, sizes, ratios) before inflating;
 - :mod:`tracemark.trust.kdf` -- bounds on key-derivation cost a file may demand.
+- :mod:`tracemark.trust.requests` -- what one HTTP request may cost the server (admission counts, image decode bounds).
 """

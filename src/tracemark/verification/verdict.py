@@ -14,7 +14,9 @@ class Verdict:
 
     ``verdict`` is ``copy`` when ``p_value <= alpha``; ``inconclusive`` when too few queries
     were answered to decide either way; ``no-evidence`` otherwise. ``answers`` holds each
-    trigger's answer (-1 where the target did not answer).
+    trigger's answer (-1 where the target did not answer). ``queries`` is the number of triggers
+    asked; ``inputs_sent`` every input the target was given (the unstamped controls of a
+    single-target key and, for a remote target, retries included): what a metered API bills.
     """
 
     verdict: VerdictLabel
@@ -31,6 +33,7 @@ class Verdict:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""
+    inputs_sent: int = 0
 
     @property
     def is_copy(self) -> bool:
@@ -49,7 +52,9 @@ class Verdict:
         needed = f", {self.threshold} needed" if self.threshold is not None else ""
         lines = [
             f"verdict: {self.verdict.upper()}  (target: {self.target})",
-            f"  matches: {self.matches} of {self.answered} answered ({self.queries} asked{needed})",
+            f"  matches: {self.matches} of {self.answered} answered ({self.queries} triggers asked{needed})",
+            f"  inputs sent: {self.inputs_sent}" + (" (triggers, unstamped controls and retries: what a metered API counts)"
+                                                   if self.inputs_sent != self.queries else ""),
             f"  p-value: {self.p_value:.3g} against alpha {self.alpha:.0e}",
             f"  null: {self.null['source']} rate {self.null['rate']:.4g}",
             f"  key: {self.key_commitment[:16]}…",

@@ -29,7 +29,9 @@ def verify(
 ) -> Verdict:
     """Check ``target`` for the watermark of ``key``.
 
-    Queries up to ``max_queries`` triggers (all by default) in batches. A batch the target
+    Queries up to ``max_queries`` triggers (all by default) in batches; the verdict's
+    ``inputs_sent`` counts every input the target was given (controls and, for a target that
+    counts them in ``queries_used``, retries included). A batch the target
     fails to answer is recorded as unanswered, not as a mismatch; if no batch is answered
     the target's error is raised. The null is the most cautious of the key's exact rate,
     an empirical one from ``references`` (or a precomputed ``null``), and
@@ -50,14 +52,19 @@ def verify(
     if null is None and references:
         null = empirical_null(key, references)
 
+    used_before = getattr(target, "queries_used", None)
     answers, errors, last_error = ask_labels(target, triggers.inputs[:n], batch_size)
+    inputs_sent = n
     control = None
     if key.label_mode == "single" and key.base_images is not None and last_error is None:
         # the same images without the mark: a suspect that gives the watermark class to
         # everything must not look like a copy
         control_answers, _, _ = ask_labels(target, key.base_images[:n].astype(np.float32) / np.float32(255), batch_size)
+        inputs_sent += n
         if np.any(control_answers >= 0):
             control = control_null(key, control_answers)
+    if used_before is not None:  # a metered target counts what it really sent, retries included
+        inputs_sent = int(getattr(target, "queries_used")) - int(used_before)
     chosen = choose_null(key, null, assumed_null_rate, control)
     answered_mask = answers >= 0
     answered = int(answered_mask.sum())
@@ -84,7 +91,9 @@ def verify(
                     f"{chosen.details['control_queries']} unstamped source images too")
         elif threshold is None:
             label = "inconclusive"
-            note = f"{answered} answers cannot reach alpha {alpha:.0e} even if all match; use more triggers"
+            more = (f"raise max_queries (--max-queries; the key has {len(triggers)} triggers)" if n < len(triggers)
+                    else "use a key with more triggers")
+            note = f"{answered} answers cannot reach alpha {alpha:.0e} even if all match; {more}"
         else:
             label = "no-evidence"
     return Verdict(
@@ -93,6 +102,7 @@ def verify(
         matches=matches,
         answered=answered,
         queries=n,
+        inputs_sent=inputs_sent,
         alpha=alpha,
         null=chosen.to_dict(),
         threshold=threshold,

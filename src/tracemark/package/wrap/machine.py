@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tracemark.errors import DeviceError, PackageError
 from tracemark.package.device import DeviceEnrolment, device_id, machine_identity, machine_secret
 from tracemark.package.wrap.base import b64, open_sealed, seal, unb64
+from tracemark.package.wrap.stanza import check_stanza
 
 KIND = "machine"
 HKDF_INFO = b"tracemark-package/1 machine kek"
@@ -57,6 +58,7 @@ class MachineSecret:
     kind = KIND
 
     def unwrap(self, stanza: dict, core_digest: bytes) -> bytes:
+        check_stanza(stanza)
         identity = machine_identity() if self.identity is None else self.identity
         here = device_id(identity)
         data_key = open_sealed(stanza, _kek(machine_secret(identity), unb64(stanza, "salt")), core_digest)

@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from tracemark.errors import PackageError
 from tracemark.package.errors import WrongPackagePassphraseError
 from tracemark.package.wrap.base import b64, open_sealed, seal, unb64
+from tracemark.package.wrap.stanza import check_stanza
+from tracemark.trust.kdf import check_scrypt
 
 KIND = "passphrase"
 DEFAULT_N, DEFAULT_R, DEFAULT_P = 2**17, 8, 1
-MIN_N = 2**10
-MAX_N = 2**22
 
 
 def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -23,7 +23,7 @@ def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 @dataclass(frozen=True)
 class PassphraseWrap:
-    """Wrap for a passphrase. ``n`` is scrypt's cost (2^17 default, ~0.3 s and 128 MiB)."""
+    """Wrap for a passphrase. ``n`` is scrypt's cost (2^17 default, ~0.3 s and 128 MiB; at most 2^18, see trust/kdf.py)."""
 
     passphrase: str = field(repr=False)
     n: int = DEFAULT_N
@@ -33,8 +33,7 @@ class PassphraseWrap:
     def __post_init__(self) -> None:
         if not self.passphrase:
             raise PackageError("an empty passphrase protects nothing; choose a real one")
-        if not (MIN_N <= self.n <= MAX_N and self.n & (self.n - 1) == 0):
-            raise PackageError(f"scrypt n must be a power of two between {MIN_N} and {MAX_N}")
+        check_scrypt(self.n, DEFAULT_R, DEFAULT_P, "passphrase wrap", PackageError)
 
     def stanza(self, data_key: bytes, core_digest: bytes) -> dict:
         salt = os.urandom(16)
@@ -54,13 +53,8 @@ class Passphrase:
     kind = KIND
 
     def unwrap(self, stanza: dict, core_digest: bytes) -> bytes:
-        try:
-            n, r, p = int(stanza["n"]), int(stanza["r"]), int(stanza["p"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PackageError("passphrase stanza has no valid scrypt parameters") from exc
-        if not (MIN_N <= n <= MAX_N and r <= 32 and p <= 16):
-            raise PackageError(f"passphrase stanza asks for scrypt n={n}, r={r}, p={p}, outside the accepted range")
-        kek = _kek(self.passphrase, unb64(stanza, "salt"), n, r, p)
+        check_stanza(stanza)
+        kek = _kek(self.passphrase, unb64(stanza, "salt"), stanza["n"], stanza["r"], stanza["p"])
         data_key = open_sealed(stanza, kek, core_digest)
         if data_key is None:
             raise WrongPackagePassphraseError("wrong passphrase for this package (or its manifest was altered)")

@@ -17,6 +17,7 @@ from tracemark.errors import PackageError
 from tracemark.package.errors import WrongRecipientKeyError
 from tracemark.package.signing import VendorKey, VendorPublicKey, raw_public, recipient_id
 from tracemark.package.wrap.base import b64, open_sealed, seal, unb64
+from tracemark.package.wrap.stanza import check_stanza
 
 KIND = "x25519"
 HKDF_INFO = b"tracemark-package/1 x25519"
@@ -67,6 +68,7 @@ class RecipientKey:
         return cls(key.x25519)
 
     def unwrap(self, stanza: dict, core_digest: bytes) -> bytes:
+        check_stanza(stanza)
         recipient_pub = raw_public(self.private.public_key())
         mine = recipient_id(recipient_pub)
         if stanza.get("recipient") != mine:

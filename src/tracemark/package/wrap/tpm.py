@@ -18,7 +18,9 @@ from typing import Any, Iterator
 
 from tracemark.errors import DeviceError, PackageError
 from tracemark.package.device import DeviceEnrolment, TpmEnrolment
+from tracemark.package.errors import KeyWrapStanzaError
 from tracemark.package.wrap.base import b64, open_sealed, seal, unb64
+from tracemark.package.wrap.stanza import check_stanza
 
 KIND = "tpm2"
 DEFAULT_PCRS = "sha256:7"
@@ -139,10 +141,15 @@ class TpmDevice:
     kind = KIND
 
     def unwrap(self, stanza: dict, core_digest: bytes) -> bytes:
+        check_stanza(stanza)
         t = _tss()
-        public, _ = t.TPM2B_PUBLIC.unmarshal(unb64(stanza, "public"))
-        duplicate, _ = t.TPM2B_PRIVATE.unmarshal(unb64(stanza, "duplicate"))
-        seed, _ = t.TPM2B_ENCRYPTED_SECRET.unmarshal(unb64(stanza, "seed"))
+        try:
+            public, _ = t.TPM2B_PUBLIC.unmarshal(unb64(stanza, "public"))
+            duplicate, _ = t.TPM2B_PRIVATE.unmarshal(unb64(stanza, "duplicate"))
+            seed, _ = t.TPM2B_ENCRYPTED_SECRET.unmarshal(unb64(stanza, "seed"))
+            t.TPML_PCR_SELECTION.parse(stanza["pcrs"])
+        except Exception as exc:  # the TSS raises its own (and builtin) error types for malformed blobs
+            raise KeyWrapStanzaError(f"tpm2 stanza: sealed key or PCR selection malformed ({exc}); the package is damaged") from exc
         with _esapi(self.tcti) as ctx:
             parent, parent_public = _storage_key(ctx)
             try:
@@ -156,7 +163,7 @@ class TpmDevice:
                     sealed = ctx.load(parent, private, public)
                 except t.TSS2_Exception as exc:
                     raise DeviceError(f"this TPM cannot import the package's sealed key ({exc})") from exc
-                session = _pcr_policy(ctx, str(stanza.get("pcrs", DEFAULT_PCRS)), t.TPM2_SE.POLICY)
+                session = _pcr_policy(ctx, stanza["pcrs"], t.TPM2_SE.POLICY)
                 try:
                     kek = bytes(ctx.unseal(sealed, session1=session))
                 except t.TSS2_Exception as exc:

@@ -168,6 +168,23 @@ def test_heavy_image_bodies_of_a_rate_limited_client_are_refused_before_decoding
     assert attacked <= 2 * alone
 
 
+def test_a_request_refused_before_its_body_is_read_closes_the_connection(cli_server: CliServer, digits) -> None:
+    """Finding 3: a refusal on the request head (unknown key, over the rate) ends the connection, so the server never
+    receives or parses the refused body (a kept-alive connection would have to take it in)."""
+    heavy, content_type = _multipart([_png(1024)] * 4)
+    with httpx.Client(base_url=cli_server.url, timeout=10.0) as http:
+        unknown = http.post("/v1/predict", json={"inputs": digits.x_test[:1].tolist()}, headers={"Authorization": "Bearer nobody"})
+        statuses = []
+        for _ in range(20):  # the attacker's burst is 5 queries: it is over its rate within a few requests
+            response = http.post("/v1/predict/image", content=heavy, headers={"Authorization": f"Bearer {cli_server.attacker}",
+                                                                              "Content-Type": content_type})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                break
+    assert unknown.status_code == 401 and unknown.headers.get("connection") == "close"
+    assert statuses[-1] == 429 and response.headers.get("connection") == "close", statuses
+
+
 def _trickle(first: bytes, drip: bytes, port: int, limit: float = 6.0) -> tuple[float, bytes]:
     """Send ``first``, then ``drip`` every 0.2 s until the server closes the connection; (seconds it stayed open, what it sent)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:

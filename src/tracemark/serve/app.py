@@ -273,7 +273,10 @@ def create_app(
     @app.post("/v1/predict/image", openapi_extra=_predict_docs("multipart/form-data", _IMAGE_BODY), response_class=JSONResponse)
     async def predict_image(request: Request) -> Response:
         """Classify uploaded images (multipart field ``image``, repeatable), resized to the model's input."""
-        client = server.admit_head(api_token(request.scope["headers"]))
+        try:
+            client = server.admit_head(api_token(request.scope["headers"]))
+        except ServeError as exc:
+            return error_response(exc, metrics, unread_body=True)
         try:
             body = await request.body()
         except ClientDisconnect:

@@ -68,10 +68,13 @@ def api_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return api_key
 
 
-def error_response(exc: ServeError, metrics: Metrics) -> JSONResponse:
-    """The JSON answer to a refused request (``{"detail": ...}`` with the error's status), counted by reason."""
+def error_response(exc: ServeError, metrics: Metrics, *, unread_body: bool = False) -> JSONResponse:
+    """The JSON answer to a refused request (``{"detail": ...}`` with the error's status), counted by reason.
+
+    ``unread_body``: refused before its body was read; the connection is then closed after the answer, so the
+    server never receives (or parses) a body it has already refused."""
     metrics.count("tracemark_requests_refused_total", reason=type(exc).__name__)
-    headers = {}
+    headers = {"Connection": "close"} if unread_body else {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     retry_after = getattr(exc, "retry_after", None)
@@ -118,6 +121,10 @@ class PredictEndpoint:
             return
         try:
             client = self.admit(api_token(scope["headers"]))
+        except ServeError as exc:
+            await error_response(exc, self.metrics, unread_body=True)(scope, receive, send)
+            return
+        try:
             body = await _read_body(receive)
             answer = await asyncio.get_running_loop().run_in_executor(self.pool, self.work, client, body)
         except ClientGone:
@@ -153,7 +160,7 @@ class Guard:
         length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             error = PayloadTooLargeError(f"request body of {length.decode(errors='replace')} bytes; at most {self.max_bytes} are accepted")
-            await error_response(error, self.metrics)(scope, receive, send_and_note)
+            await error_response(error, self.metrics, unread_body=True)(scope, receive, send_and_note)
         else:
             received = 0
 

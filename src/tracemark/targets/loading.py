@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 from tracemark.data.models import ModelSpec, build_model, load_model
-from tracemark.errors import ModelFileError, UnsafeFileError
+from tracemark.errors import ModelFileError
 from tracemark.targets.local import OnnxTarget, TorchTarget, exported_target
-
-PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+from tracemark.trust.modelfiles import PICKLE_SUFFIXES, load_state_dict_file
 
 
 def _load_weights_only(path: Path, spec: ModelSpec | None) -> TorchTarget:
-    import pickle
-
-    import torch
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"{path}: this file holds pickled Python objects, not just weights; loading it could run "
-            "arbitrary code, so tracemark refuses. Ask for safetensors, ONNX or a torch.export .pt2 file."
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ModelFileError(f"{path}: not a readable torch file ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = load_state_dict_file(path)
     if spec is None:
         raise ModelFileError(f"{path}: a bare state dict needs its architecture (arch, input shape, classes)")
     model = build_model(spec.arch, spec.input_shape, spec.num_classes)

@@ -1,4 +1,9 @@
-"""Which model files may be opened: a torch.export ``.pt2`` archive is checked and rebuilt before torch sees it.
+"""Which model files may be opened, and how: nothing in a model file from someone else is ever unpickled or run.
+
+- safetensors and ONNX need no rule here (no code in the format; onnxruntime keeps external data inside
+  the model's folder, and none for a model given as bytes);
+- a ``.pt``/``.pth`` state dict is read by :func:`load_state_dict_file` with ``weights_only=True`` only;
+- a torch.export ``.pt2`` archive is checked and rebuilt by :func:`load_exported_program` before torch sees it.
 
 ``torch.export.load`` is not safe on a file from someone else. Inside an archive it honours
 ``use_pickle`` weights and constants (``torch.load(weights_only=False)``), custom and opaque objects
@@ -40,6 +45,9 @@ MAX_MEMBERS = 100_000
 MAX_JSON_BYTES = 256 << 20
 """Largest JSON member (program, configs) parsed."""
 
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"})
+"""Suffixes of torch.save files: read as state dicts with ``weights_only=True``, never fully unpickled."""
+
 _FIXED_MEMBERS = {
     "archive_format",
     "archive_version",
@@ -79,6 +87,28 @@ _SYMPY_TOKEN = re.compile(
     r"\s+|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|'[A-Za-z_][A-Za-z0-9_]{0,63}'|[A-Za-z_][A-Za-z0-9_]{0,63}|\*\*|[-+*/%(),=<>!]=?|[&|~]"
 )
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` state dict, read with ``weights_only=True``.
+
+    A file holding pickled Python objects (a whole module, custom classes) is refused with
+    :class:`~tracemark.errors.UnsafeFileError`; anything unreadable is a :class:`~tracemark.errors.ModelFileError`.
+    """
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(
+            f"{path}: this file holds pickled Python objects, not just weights; loading it could run "
+            "arbitrary code, so tracemark refuses. Ask for safetensors, ONNX or a torch.export .pt2 file."
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path}: not a readable torch file ({_first_line(exc)})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return state
 
 
 def load_exported_program(source: str | Path | bytes | bytearray, *, name: str | None = None) -> Any:

@@ -43,7 +43,7 @@ from tracemark.serve.model import ServedModel
 from tracemark.serve.policy import effective_policy, render
 from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter, check_cost
 from tracemark.serve.validation import InputSpec, check_batch_size, decode_images, parse_json_inputs
-from tracemark.trust.requests import ImageBounds, count_json_inputs, count_multipart_parts, multipart_boundary
+from tracemark.trust.requests import COUNT_JSON_ABOVE, ImageBounds, count_json_inputs, count_multipart_parts, multipart_boundary
 from tracemark.targets.base import Answers
 
 class RequestIds:
@@ -144,7 +144,8 @@ class Server:
     def predict_json(self, client: Client, body: bytes) -> dict[str, Any]:
         """One ``POST /v1/predict`` of an admitted client: charge the inputs counted in the raw ``body``, then parse
         and check it, and answer it."""
-        charged = self.admit(client, count_json_inputs(body))
+        counted = count_json_inputs(body) if len(body) > COUNT_JSON_ABOVE else 1  # a small body costs less to parse than to count
+        charged = self.admit(client, counted)
         return self.answer(client, parse_json_inputs(body, self.spec), charged)
 
     def decode(self, files: list[tuple[str, bytes]]) -> np.ndarray:

@@ -28,7 +28,8 @@ class DeadlineH11Protocol(H11Protocol):
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
-        self._deadline: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # loop time by which the current phase must end (None: no deadline)
         self._phase: object = None  # h11.IDLE (awaiting a head), h11.SEND_BODY, or None (no deadline)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -44,32 +45,41 @@ class DeadlineH11Protocol(H11Protocol):
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
+        self._due = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
-    def _cancel(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
     def _watch(self) -> None:
-        """Start the deadline of the phase the client is in (head or body), unless it is already running."""
+        """Start the deadline of the phase the client is in (head or body), unless it is already running.
+
+        One timer per connection serves every request on it: moving the deadline only records the new time, and
+        the timer, when it fires early, waits on for the deadline now due (no timer is made or cancelled per request).
+        """
         state = self.conn.their_state
         phase = state if state in (h11.IDLE, h11.SEND_BODY) else None
         if phase is self._phase or self.transport.is_closing():
             return
-        self._cancel()
         self._phase = phase
-        if phase is h11.IDLE:
-            self._deadline = self.loop.call_later(self.header_timeout, self._expired)
-        elif phase is h11.SEND_BODY:
-            self._deadline = self.loop.call_later(self.body_timeout, self._expired)
+        if phase is None:
+            self._due = None
+            return
+        self._due = self.loop.time() + (self.header_timeout if phase is h11.IDLE else self.body_timeout)
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._due is None or self.transport.is_closing():
+            return
+        if self.loop.time() < self._due:
+            self._timer = self.loop.call_at(self._due, self._check)
+            return
+        self._expired()
 
     def _expired(self) -> None:
         """Close a connection that missed its deadline; a request whose body is late gets a 408 first."""
-        self._deadline = None
-        if self.transport.is_closing():
-            return
         cycle = self.cycle
         if self._phase is h11.SEND_BODY and cycle is not None and not cycle.response_started:
             try:

@@ -36,6 +36,11 @@ class ImageBounds:
             raise ValueError(f"image bounds need 1 <= max_pixels <= max_request_pixels, got {self.max_pixels}, {self.max_request_pixels}")
 
 
+COUNT_JSON_ABOVE = 16 << 10
+"""JSON bodies larger than this (16 KiB) are counted from their raw bytes before parsing; a smaller one costs less
+to parse than a count saves, and its exact count is charged once it is parsed."""
+
+
 def count_json_inputs(body: bytes) -> int:
     """How many inputs a ``{"inputs": [...]}`` body holds, counted without parsing it: the arrays or objects
     opened at nesting depth 3 (object, ``inputs`` list, one input). Brackets inside strings can make it
@@ -64,4 +69,4 @@ def count_multipart_parts(body: bytes, boundary: bytes) -> int:
     return max(0, body.count(b"--" + boundary) - 1)
 
 
-__all__ = ["ImageBounds", "count_json_inputs", "count_multipart_parts", "multipart_boundary"]
+__all__ = ["COUNT_JSON_ABOVE", "ImageBounds", "count_json_inputs", "count_multipart_parts", "multipart_boundary"]

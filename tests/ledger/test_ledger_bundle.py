@@ -21,7 +21,7 @@ from tracemark.ledger.errors import BundleMemberError, KeyRevealError, SequenceE
 VERIFY_ELSEWHERE = """
 import sys
 from tracemark.ledger import verify_bundle
-print(verify_bundle(sys.argv[1]))
+print(verify_bundle(sys.argv[1], trust_any_authority=True))
 """
 
 
@@ -62,7 +62,7 @@ def test_edited_ledger_in_bundle_is_detected(bundle: Path) -> None:
     members["ledger.jsonl"] = b"".join(lines)
     _rebuild(bundle, members)
     with pytest.raises(SequenceError):
-        verify_bundle(bundle)
+        verify_bundle(bundle, trust_any_authority=True)
 
 
 def test_truncated_ledger_in_bundle_is_detected(bundle: Path) -> None:
@@ -70,7 +70,7 @@ def test_truncated_ledger_in_bundle_is_detected(bundle: Path) -> None:
     members["ledger.jsonl"] = b"".join(members["ledger.jsonl"].splitlines(keepends=True)[:-1])
     _rebuild(bundle, members)
     with pytest.raises(TruncatedLedgerError):
-        verify_bundle(bundle)
+        verify_bundle(bundle, trust_any_authority=True)
 
 
 def test_dropped_or_added_member_is_detected(bundle: Path) -> None:
@@ -78,10 +78,10 @@ def test_dropped_or_added_member_is_detected(bundle: Path) -> None:
     attachment = next(n for n in members if n.startswith("attachments/"))
     _rebuild(bundle, {k: v for k, v in members.items() if k != attachment})
     with pytest.raises(BundleMemberError, match="missing"):
-        verify_bundle(bundle)
+        verify_bundle(bundle, trust_any_authority=True)
     _rebuild(bundle, {**members, "extra.txt": b"hi"})
     with pytest.raises(BundleMemberError, match="unexpected"):
-        verify_bundle(bundle)
+        verify_bundle(bundle, trust_any_authority=True)
 
 
 def test_re_signed_manifest_by_someone_else_is_refused(bundle: Path) -> None:
@@ -91,7 +91,7 @@ def test_re_signed_manifest_by_someone_else_is_refused(bundle: Path) -> None:
     members["MANIFEST.json"] = canonical_json(manifest) + b"\n"
     _rebuild(bundle, members)
     with pytest.raises(SignatureError):
-        verify_bundle(bundle)
+        verify_bundle(bundle, trust_any_authority=True)
 
 
 def test_other_key_revealed_is_refused(bundle: Path, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_other_key_revealed_is_refused(bundle: Path, tmp_path: Path) -> None:
         (extracted / member).parent.mkdir(parents=True, exist_ok=True)
         (extracted / member).write_bytes(data)
     with pytest.raises(BundleMemberError):  # ... after the manifest hash, which catches it first
-        verify_bundle(extracted)
+        verify_bundle(extracted, trust_any_authority=True)
     from tracemark.ledger.bundle import _check_reveals
     from tracemark.ledger.chain import parse_entries
 

@@ -31,7 +31,7 @@ def _write(ledger_dir: Path, lines: list[bytes]) -> None:
 
 
 def test_chain_records_each_event_with_owner_signature(ledger_dir: Path, owner: OwnerIdentity) -> None:
-    report = verify_ledger(ledger_dir, expected_key=owner.public_key)
+    report = verify_ledger(ledger_dir, expected_key=owner.public_key, trust_any_authority=True)
     assert report.entries == 6
     assert report.events == {"ledger-created": 1, "key-created": 1, "model-embedded": 1, "verification": 1, "timestamped": 1, "model-packaged": 1}
     assert report.owner_fingerprint == owner.fingerprint()
@@ -46,7 +46,7 @@ def test_chain_records_each_event_with_owner_signature(ledger_dir: Path, owner: 
 def test_other_owner_is_refused(ledger_dir: Path) -> None:
     stranger = OwnerIdentity.generate()
     with pytest.raises(SignatureError):
-        verify_ledger(ledger_dir, expected_key=stranger.public_key)
+        verify_ledger(ledger_dir, expected_key=stranger.public_key, trust_any_authority=True)
     with pytest.raises(LedgerError, match="another owner"):
         Ledger.open(ledger_dir, stranger).append("note", {"x": 1})
 
@@ -58,7 +58,7 @@ def test_edited_payload_is_detected(ledger_dir: Path) -> None:
     lines[2] = canonical_json(doc) + b"\n"
     _write(ledger_dir, lines)
     with pytest.raises(EntryTamperedError, match="entry 2"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_edited_and_rehashed_entry_fails_signature(ledger_dir: Path) -> None:
@@ -74,7 +74,7 @@ def test_edited_and_rehashed_entry_fails_signature(ledger_dir: Path) -> None:
     lines[2] = canonical_json(doc) + b"\n"
     _write(ledger_dir, lines)
     with pytest.raises(SignatureError, match="entry 2"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_dropped_entry_is_detected(ledger_dir: Path) -> None:
@@ -82,7 +82,7 @@ def test_dropped_entry_is_detected(ledger_dir: Path) -> None:
     del lines[3]
     _write(ledger_dir, lines)
     with pytest.raises(SequenceError, match="dropped"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_reordered_entries_are_detected(ledger_dir: Path) -> None:
@@ -90,13 +90,13 @@ def test_reordered_entries_are_detected(ledger_dir: Path) -> None:
     lines[2], lines[3] = lines[3], lines[2]
     _write(ledger_dir, lines)
     with pytest.raises(SequenceError):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_dropped_last_entry_is_detected_by_signed_head(ledger_dir: Path) -> None:
     _write(ledger_dir, _lines(ledger_dir)[:-1])
     with pytest.raises(TruncatedLedgerError, match="cut off the end"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_missing_or_foreign_head_is_detected(ledger_dir: Path, tmp_path: Path, owner: OwnerIdentity) -> None:
@@ -104,12 +104,12 @@ def test_missing_or_foreign_head_is_detected(ledger_dir: Path, tmp_path: Path, o
     head = (ledger_dir / "head.json").read_bytes()
     (ledger_dir / "head.json").write_bytes((other.directory / "head.json").read_bytes())
     with pytest.raises(HeadError, match="another ledger"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
     (ledger_dir / "head.json").unlink()
     with pytest.raises(HeadError, match="missing"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
     (ledger_dir / "head.json").write_bytes(head)
-    verify_ledger(ledger_dir)
+    verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_truncated_bytes_are_a_torn_tail_reported_not_dropped(ledger_dir: Path) -> None:
@@ -117,9 +117,9 @@ def test_truncated_bytes_are_a_torn_tail_reported_not_dropped(ledger_dir: Path) 
     (ledger_dir / "ledger.jsonl").write_bytes(data[:-40])
     # the last entry is now torn; the head still names it, so the ledger does not verify
     with pytest.raises(TruncatedLedgerError):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
     with pytest.raises(TornTailError):
-        verify_ledger(ledger_dir, strict=True)
+        verify_ledger(ledger_dir, strict=True, trust_any_authority=True)
 
 
 def test_foreign_or_spliced_line_is_malformed(ledger_dir: Path) -> None:
@@ -127,7 +127,7 @@ def test_foreign_or_spliced_line_is_malformed(ledger_dir: Path) -> None:
     lines[1] = lines[1].replace(b'"seq":1', b'"seq": 1')
     _write(ledger_dir, lines)
     with pytest.raises(MalformedEntryError, match="canonical"):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_unknown_entry_version_is_refused(ledger_dir: Path) -> None:
@@ -135,7 +135,7 @@ def test_unknown_entry_version_is_refused(ledger_dir: Path) -> None:
     lines[1] = lines[1].replace(b'"version":1', b'"version":9')
     _write(ledger_dir, lines)
     with pytest.raises(FormatVersionError):
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_init_refuses_to_overwrite(ledger_dir: Path, owner: OwnerIdentity) -> None:

@@ -25,7 +25,7 @@ from tracemark.errors import ArchiveBoundsError, ArchiveError
 from tracemark.keys import WatermarkKey
 from tracemark.ledger import Ledger, OwnerIdentity, export_bundle, obtain_timestamp, verify_ledger
 from tracemark.ledger.bundle import LEDGER, MANIFEST, read_members
-from tracemark.ledger.errors import RollbackError
+from tracemark.ledger.errors import RollbackError, UnpinnedAuthorityError
 from tracemark.ledger.store import mark_path
 from tracemark.trust.archives import ZipLimits, read_zip
 
@@ -193,39 +193,47 @@ def test_rollback_with_restored_head_is_detected_by_each_witness(
 ) -> None:
     witnesses = _rollback(ledger_dir, owner, tsa, authority, tmp_path)
     with pytest.raises(RollbackError, match="token"):  # the later token is still in tokens/
-        verify_ledger(ledger_dir)
+        verify_ledger(ledger_dir, trust_any_authority=True)
     witnesses.pop("stray").unlink()  # a careful attacker deletes it
     with pytest.raises(RollbackError, match="high-water mark"):  # the store's mark outside the ledger
-        verify_ledger(ledger_dir, strict=True)
+        verify_ledger(ledger_dir, strict=True, trust_any_authority=True)
     mark = mark_path(Ledger.open(ledger_dir).entries()[0].payload["ledger_id"])
     saved_mark = mark.read_bytes()
     mark.unlink()  # ... and it, if they can reach it
     for kind, path in witnesses.items():  # a witness kept elsewhere still catches it
         with pytest.raises(RollbackError):
-            verify_ledger(ledger_dir, witnesses=[path])
-        result = CliRunner().invoke(_app(), ["ledger", "verify", str(ledger_dir), "--witness", str(path)])
+            verify_ledger(ledger_dir, witnesses=[path], trust_any_authority=True)
+        result = CliRunner().invoke(_app(), ["ledger", "verify", str(ledger_dir), "--witness", str(path), "--tsa-ca", str(authority.ca_pem)])
         assert isinstance(result.exception, RollbackError), (kind, result.output)
     # what remains undetectable: no witness beyond the rollback point (documented in the guide)
-    assert verify_ledger(ledger_dir).entries == 6
+    assert verify_ledger(ledger_dir, trust_any_authority=True).entries == 6
     # appending on top of a rolled-back ledger is refused while the mark exists
     mark.write_bytes(saved_mark)
     with pytest.raises(RollbackError):
         Ledger.open(ledger_dir, owner).append("note", {"x": 2})
 
 
-# ---------------------------------------------------------------------- finding 11: unpinned authority in ledger verify
-def test_ledger_verify_warns_when_authority_is_not_pinned(ledger_dir: Path, authority: Authority, monkeypatch: pytest.MonkeyPatch) -> None:
+# ---------------------------------------------------------------------- finding 11: unpinned authority
+def test_unpinned_authority_is_refused_by_default_and_accepted_only_with_the_opt_in(
+    ledger_dir: Path, bundle: Path, authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone can run an authority: tokens checked only against the root they carry are refused (ledger and bundle),
+    unless --trust-any-authority, which warns (and --strict then fails); a pin by flag or environment passes."""
     monkeypatch.delenv("TRACEMARK_TSA_CA", raising=False)
     runner, app = CliRunner(), _app()
-    result = runner.invoke(app, ["ledger", "verify", str(ledger_dir)])
-    assert result.exit_code == 0, result.output
-    assert sum("WARNING" in line and "not pinned" in line for line in result.output.splitlines()) == 1
-    result = runner.invoke(app, ["ledger", "verify", str(ledger_dir), "--json"])
-    assert any("not pinned" in w for w in json.loads(result.output)["warnings"])
-    result = runner.invoke(app, ["ledger", "verify", str(ledger_dir), "--strict"])
+    for command in (["ledger", "verify", str(ledger_dir)], ["evidence", "verify", str(bundle)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0
+        assert isinstance(result.exception, UnpinnedAuthorityError) or "UnpinnedAuthorityError" in result.output, result.output
+        result = runner.invoke(app, [*command, "--trust-any-authority"])
+        assert result.exit_code == 0, result.output
+        assert sum("WARNING" in line and "not pinned" in line for line in result.output.splitlines()) == 1
+        result = runner.invoke(app, [*command, "--trust-any-authority", "--json"])
+        assert any("not pinned" in w for w in json.loads(result.output)["warnings"])
+        result = runner.invoke(app, [*command, "--tsa-ca", str(authority.ca_pem)])
+        assert result.exit_code == 0 and "not pinned" not in result.output, result.output
+    result = runner.invoke(app, ["ledger", "verify", str(ledger_dir), "--trust-any-authority", "--strict"])
     assert result.exit_code != 0 and "not pinned" in str(result.exception)
-    result = runner.invoke(app, ["ledger", "verify", str(ledger_dir), "--tsa-ca", str(authority.ca_pem)])
-    assert result.exit_code == 0 and "not pinned" not in result.output
     monkeypatch.setenv("TRACEMARK_TSA_CA", str(authority.ca_pem))
     result = runner.invoke(app, ["ledger", "verify", str(ledger_dir), "--strict"])
     assert result.exit_code == 0, result.output
@@ -235,7 +243,7 @@ def test_ledger_verify_warns_when_authority_is_not_pinned(ledger_dir: Path, auth
 def test_fuzzed_ledger_files_are_never_accepted(ledger_dir: Path) -> None:
     counts = fuzz_ledger(ledger_dir, FUZZ_MUTATIONS, random.Random("security-ledger"))
     assert counts.ok and counts.total == FUZZ_MUTATIONS, (str(counts), counts.failures)
-    verify_ledger(ledger_dir)
+    verify_ledger(ledger_dir, trust_any_authority=True)
 
 
 def test_fuzzed_bundles_are_never_accepted(bundle: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tracemark.cli._output import emit, error_console
-from tracemark.cli.ledger import (Json, LedgerDir, OwnerKey, OwnerPub, Passphrase, PassphraseFile, TsaCa, load_owner,
+from tracemark.cli.ledger import (Json, LedgerDir, OwnerKey, OwnerPub, Passphrase, PassphraseFile, TrustAnyAuthority, TsaCa, load_owner,
                                   owner_public_key, trusted_roots)
 from tracemark.errors import TracemarkError
 
@@ -41,20 +41,21 @@ def verify(
     bundle: Annotated[Path, typer.Argument(help="Bundle .zip, or an extracted bundle directory.")],
     owner_pub: OwnerPub = None,
     tsa_ca: TsaCa = None,
+    trust_any_authority: TrustAnyAuthority = False,
     as_json: Json = False,
 ) -> None:
     """Check a bundle offline and print what it proves; exit 1 when a check fails, 2 when the bundle is refused unread."""
     from tracemark.errors import ArchiveBoundsError, ArchiveFeatureError
     from tracemark.ledger import verify_bundle
-    from tracemark.ledger.errors import MalformedPayloadError
+    from tracemark.ledger.errors import MalformedPayloadError, UnpinnedAuthorityError
 
     try:
-        report = verify_bundle(bundle, owner_public_key(owner_pub), trusted_roots(tsa_ca))
+        report = verify_bundle(bundle, owner_public_key(owner_pub), trusted_roots(tsa_ca), trust_any_authority=trust_any_authority)
     except TracemarkError as exc:
         if as_json:
             emit({"ok": False, "error": type(exc).__name__, "message": str(exc)}, True)
         error_console.print(f"[bold red]FAILED:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
-        refused = isinstance(exc, (ArchiveBoundsError, ArchiveFeatureError, MalformedPayloadError))
+        refused = isinstance(exc, (ArchiveBoundsError, ArchiveFeatureError, MalformedPayloadError, UnpinnedAuthorityError))
         raise typer.Exit(2 if refused else 1) from exc
     emit({"ok": True, **report.to_dict()} if as_json else report, as_json)
 

@@ -22,6 +22,7 @@ Passphrase = Annotated[
 PassphraseFile = Annotated[Optional[Path], typer.Option("--passphrase-file", help="Read the owner key passphrase from this file.")]
 TsaCa = Annotated[Optional[Path], typer.Option("--tsa-ca", help="Pin the time-stamp authority: its root CA certificate (PEM; or $TRACEMARK_TSA_CA).")]
 OwnerPub = Annotated[Optional[Path], typer.Option("--owner-pub", help="Pin the owner: the expected public key PEM.")]
+TrustAnyAuthority = Annotated[bool, typer.Option("--trust-any-authority", help="Without --tsa-ca: accept the root CA each time-stamp token carries, with a warning (otherwise tokens from an unpinned authority are refused).")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -99,6 +100,7 @@ def verify(
     directory: LedgerDir,
     owner_pub: OwnerPub = None,
     tsa_ca: TsaCa = None,
+    trust_any_authority: TrustAnyAuthority = False,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too (torn tail, missing attachments, stray tokens, unpinned authority).")] = False,
     witness: Annotated[Optional[list[Path]], typer.Option("--witness", help="An exported bundle, saved head.json or token record the ledger must still contain (repeatable; detects rollback).")] = None,
     as_json: Json = False,
@@ -106,7 +108,8 @@ def verify(
     """Check the chain, signatures, signed head, time-stamp tokens, attachments, and rollback against witnesses."""
     from tracemark.ledger import verify_ledger
 
-    emit(verify_ledger(directory, owner_public_key(owner_pub), trusted_roots(tsa_ca), strict=strict, witnesses=witness or []), as_json)
+    emit(verify_ledger(directory, owner_public_key(owner_pub), trusted_roots(tsa_ca), strict=strict, witnesses=witness or [],
+                       trust_any_authority=trust_any_authority), as_json)
 
 
 @ledger_app.command("timestamp")

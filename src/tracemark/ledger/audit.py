@@ -22,7 +22,7 @@ from tracemark.ledger.schema import ATTACHMENT_FIELDS
 from tracemark.ledger.store import Ledger, check_mark
 from tracemark.ledger.timestamp import TIMESTAMPED, TokenInfo, decode_record, last_covered_seq
 from tracemark.ledger.witness import load_witness, stray_token_witnesses
-from tracemark.trust.authorities import unpinned_warning
+from tracemark.trust.authorities import authority_warnings
 
 
 @dataclass
@@ -100,13 +100,17 @@ def verify_ledger(
     trusted_roots: list[x509.Certificate] | None = None,
     strict: bool = False,
     witnesses: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
+    trust_any_authority: bool = False,
 ) -> LedgerReport:
     """Check a ledger directory end to end; raise a named error on the first failure.
 
     Rollback (entries cut and an older head restored) raises :class:`RollbackError` when any
     witness saw more: token records left in ``tokens/``, the store's high-water mark, or the
     ``witnesses`` files (exported bundles, saved heads, token records). A torn tail
-    (interrupted append), an unpinned authority and other warnings are raised with ``strict``.
+    (interrupted append), stray tokens and missing attachments are warnings, raised with ``strict``.
+    Time-stamp tokens need ``trusted_roots`` (the authority's root CA); without them the ledger is refused
+    (:class:`~tracemark.ledger.errors.UnpinnedAuthorityError`) unless ``trust_any_authority`` accepts the
+    root each token carries, with a warning.
     """
     ledger = Ledger.open(directory)
     entries, tail = ledger.read(allow_torn_tail=True)
@@ -125,8 +129,7 @@ def verify_ledger(
     for witness in strays + [load_witness(w, key, ledger_id, trusted_roots) for w in witnesses]:
         witness.check(entries)
     check_mark(entries, key)
-    if tokens and trusted_roots is None:
-        warnings.append(unpinned_warning())
+    warnings += authority_warnings(len(tokens), trusted_roots, trust_any_authority)  # after every integrity check
     if tail:
         warnings.append(
             f"the ledger ends in {len(tail)} bytes of an interrupted append (torn tail); it is not an entry. "

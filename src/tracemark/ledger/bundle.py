@@ -34,7 +34,7 @@ from tracemark.ledger.identity import OwnerIdentity, fingerprint, public_key_hex
 from tracemark.ledger.store import Ledger
 from tracemark.ledger.timestamp import TIMESTAMPED
 from tracemark.trust.archives import ZipLimits, check_file_size, check_sizes, read_zip
-from tracemark.trust.authorities import unpinned_warning
+from tracemark.trust.authorities import authority_warnings
 
 FORMAT = "tracemark-evidence-bundle"
 VERSION = 1
@@ -227,6 +227,7 @@ def verify_members(
     expected_key: Ed25519PublicKey | None = None,
     trusted_roots: list[x509.Certificate] | None = None,
     now: datetime | None = None,
+    trust_any_authority: bool = False,
 ) -> BundleReport:
     """Verify bundle members (see :func:`verify_bundle`)."""
     if MANIFEST not in members:
@@ -262,11 +263,11 @@ def verify_members(
                 raise BundleMemberError(f"entry {entry.seq} refers to attachment {digest[:16]}…, which the bundle lacks")
             attachments[digest] = data
     revealed = _check_reveals(members, entries)
+    authority = authority_warnings(len(token_results), trusted_roots, trust_any_authority)  # after every integrity check
     report = _summarise(entries, tokens, revealed, attachments, bundle, key)
     report.warnings += [f"the time-stamp authority certificate for entries {t['first_seq']}–{t['last_seq']} has expired since (the token stays valid)"
                         for t in tokens if t["authority_cert_expired_now"]]
-    if trusted_roots is None and tokens:
-        report.warnings.append(unpinned_warning())
+    report.warnings += authority
     return report
 
 
@@ -292,6 +293,7 @@ def verify_bundle(
     expected_key: Ed25519PublicKey | None = None,
     trusted_roots: list[x509.Certificate] | None = None,
     now: datetime | None = None,
+    trust_any_authority: bool = False,
 ) -> BundleReport:
     """Verify an evidence bundle (zip or extracted directory) offline; raise a named error on any failure.
 
@@ -299,9 +301,10 @@ def verify_bundle(
     every entry signature, the signed head (no truncation), every RFC 3161 token (imprint,
     Merkle root, signature, authority chain), attachments, and each revealed key against its
     commitment and trigger-set hash. ``expected_key`` pins the owner; ``trusted_roots`` pins the
-    time-stamp authority.
+    time-stamp authority, without which a bundle holding tokens is refused
+    (:class:`~tracemark.ledger.errors.UnpinnedAuthorityError`) unless ``trust_any_authority``.
     """
-    return verify_members(read_members(bundle), str(bundle), expected_key, trusted_roots, now)
+    return verify_members(read_members(bundle), str(bundle), expected_key, trusted_roots, now, trust_any_authority)
 
 
 # ---------------------------------------------------------------------- export
@@ -316,7 +319,7 @@ def export_bundle(
 
     ``keys`` are revealed (stored unencrypted): each must be committed by a ``key-created`` entry.
     """
-    verify_ledger(ledger_dir, expected_key=owner.public_key)
+    verify_ledger(ledger_dir, expected_key=owner.public_key, trust_any_authority=True)  # the owner's own tokens; a recipient pins the authority
     ledger = Ledger.open(ledger_dir)
     entries, _ = ledger.read(allow_torn_tail=True)
     if upto is not None:
@@ -338,11 +341,11 @@ def export_bundle(
         if key.commitment() not in committed:
             raise KeyRevealError(f"key {key.commitment()[:16]}… is not committed in the exported entries; record it first")
         members[f"keys/{key.commitment()}.json"] = encode_key_file(key, None)
-    preliminary = verify_members(_signed(members, entries, owner, "")[0], str(out))
+    preliminary = verify_members(_signed(members, entries, owner, "")[0], str(out), trust_any_authority=True)  # the owner's own tokens
     members[SUMMARY] = (str(preliminary).replace(str(out), Path(out).name) + "\n").encode("utf-8")
     members, _ = _signed(members, entries, owner, utc_now())
     atomic_write_bytes(out, pack(members), mode=0o600 if keys else 0o644)
-    return verify_bundle(out, expected_key=owner.public_key)
+    return verify_bundle(out, expected_key=owner.public_key, trust_any_authority=True)
 
 
 def _signed(members: dict[str, bytes], entries: list[Entry], owner: OwnerIdentity, created: str) -> tuple[dict[str, bytes], dict[str, Any]]:

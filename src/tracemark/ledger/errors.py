@@ -49,6 +49,10 @@ class UntrustedAuthorityError(TimestampError):
     """A token's signature does not chain to a trusted authority certificate."""
 
 
+class UnpinnedAuthorityError(UntrustedAuthorityError):
+    """Tokens were to be checked but no authority is pinned, and the caller did not opt in to any authority."""
+
+
 class AuthorityCertificateExpiredError(TimestampError):
     """The authority's certificate was not valid at the time written in the token."""
 
@@ -91,4 +95,5 @@ __all__ = [
     "TornTailError",
     "TruncatedLedgerError",
     "UntrustedAuthorityError",
+    "UnpinnedAuthorityError",
 ]

@@ -1,8 +1,10 @@
 """Which RFC 3161 time-stamp authorities are pinned: ``--tsa-ca FILE``, else ``$TRACEMARK_TSA_CA``.
 
-A token carries its authority's chain, so without a pin it is checked against the root it
-brings: that proves the token is consistent, not who issued it. Every verifier that reads
-tokens (``ledger verify``, ``evidence verify``) then says so with :func:`unpinned_warning`.
+A token carries its authority's chain, so without a pin it can only be checked against the root it
+brings: that proves the token is consistent, not who issued it (anyone can run an authority). So a
+verifier that reads tokens (``ledger verify``, ``evidence verify``) refuses them when no authority is
+pinned (:func:`authority_warnings` raises :class:`~tracemark.ledger.errors.UnpinnedAuthorityError`),
+unless the caller opts in (``--trust-any-authority``), which is then said with :func:`unpinned_warning`.
 """
 
 from __future__ import annotations
@@ -40,4 +42,21 @@ def unpinned_warning() -> str:
             "they carry; compare the root fingerprints above with the authority's published one")
 
 
-__all__ = ["ENV_TSA_CA", "pinned_authority_roots", "unpinned_warning"]
+def authority_warnings(token_count: int, trusted_roots: list[x509.Certificate] | None, trust_any_authority: bool) -> list[str]:
+    """The warnings owed for ``token_count`` tokens checked under ``trusted_roots``; raises
+    :class:`~tracemark.ledger.errors.UnpinnedAuthorityError` when tokens exist, no root is pinned and the
+    caller did not opt in with ``trust_any_authority``."""
+    if not token_count or trusted_roots is not None:
+        return []
+    if not trust_any_authority:
+        from tracemark.ledger.errors import UnpinnedAuthorityError
+
+        raise UnpinnedAuthorityError(
+            f"{token_count} time-stamp token(s) to check but no authority is pinned: give the authority's root CA "
+            f"certificate with --tsa-ca FILE or ${ENV_TSA_CA}, or pass --trust-any-authority to accept the root each "
+            "token carries (with a warning)"
+        )
+    return [unpinned_warning()]
+
+
+__all__ = ["ENV_TSA_CA", "authority_warnings", "pinned_authority_roots", "unpinned_warning"]

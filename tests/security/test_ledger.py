@@ -120,6 +120,7 @@ def test_zip_bomb_bundle_is_refused_fast_in_little_memory(zip_bomb: Path) -> Non
     run = subprocess.run([sys.executable, "-c", limit + _MEASURE, str(zip_bomb)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     measured = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"bomb of {zip_bomb.stat().st_size:,} bytes declaring {BOMB_SIZE:,}: {measured}")
     assert measured["error"] == "ArchiveBoundsError", measured
     assert measured["seconds"] < 2 and measured["peak_delta_mib"] < 200, measured
 

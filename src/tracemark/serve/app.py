@@ -34,7 +34,8 @@ from tracemark.package.licence import OutputPolicy
 from tracemark.serve.audit import AuditLog
 from tracemark.serve.clients import Client, ClientStore
 from tracemark.serve.config import ENV_CONFIG, ServeConfig
-from tracemark.serve.endpoint import PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, default_predict_threads, error_response, predict_pool
+from tracemark.serve.endpoint import (PREDICT_PATH, Guard, PredictEndpoint, ProtectedAPI, api_token, body_too_large_to_drain, default_predict_threads,
+                                      drain_body, error_response, predict_pool)
 from tracemark.serve.docs import add_offline_docs
 from tracemark.serve.errors import AdminTokenError, AuditWriteError, InvalidInputError, LicenceExpiredError, ServeConfigError, ServeError
 from tracemark.serve.hooks import AnswerHook, admit, close
@@ -277,7 +278,10 @@ def create_app(
         try:
             client = server.admit_head(api_token(request.scope["headers"]))
         except ServeError as exc:
-            return error_response(exc, metrics, unread_body=True)
+            large = body_too_large_to_drain(request.scope["headers"])
+            if not large:
+                await drain_body(request.receive)
+            return error_response(exc, metrics, unread_body=large)
         try:
             body = await request.body()
         except ClientDisconnect:

@@ -68,11 +68,33 @@ def api_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return api_key
 
 
+DRAIN_BYTES = 64 << 10
+"""A request refused before its body is read has a body up to this size (64 KiB, by ``Content-Length``) read and
+dropped, so its connection stays usable; a larger or unsized one is answered with ``Connection: close`` and never read."""
+
+
+def body_too_large_to_drain(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a refused request's body is larger than :data:`DRAIN_BYTES` (or of unknown size, e.g. chunked)."""
+    length = next((value for name, value in headers if name == b"content-length"), None)
+    if length is None:
+        return any(name == b"transfer-encoding" for name, _ in headers)
+    return not length.isdigit() or int(length) > DRAIN_BYTES
+
+
+async def drain_body(receive: Receive) -> None:
+    """Read and drop what is left of a request's body (a refused one, at most :data:`DRAIN_BYTES`)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+
+
 def error_response(exc: ServeError, metrics: Metrics, *, unread_body: bool = False) -> JSONResponse:
     """The JSON answer to a refused request (``{"detail": ...}`` with the error's status), counted by reason.
 
-    ``unread_body``: refused before its body was read; the connection is then closed after the answer, so the
-    server never receives (or parses) a body it has already refused."""
+    ``unread_body``: refused before its large body was read; the connection is then closed after the answer, so the
+    server never receives (or parses) a body it has already refused. (Closing with a small body unread could make
+    the client's kernel see a reset before the answer, so small bodies are drained instead: :func:`drain_body`.)"""
     metrics.count("tracemark_requests_refused_total", reason=type(exc).__name__)
     headers = {"Connection": "close"} if unread_body else {}
     if exc.status == 401:
@@ -122,7 +144,10 @@ class PredictEndpoint:
         try:
             client = self.admit(api_token(scope["headers"]))
         except ServeError as exc:
-            await error_response(exc, self.metrics, unread_body=True)(scope, receive, send)
+            large = body_too_large_to_drain(scope["headers"])
+            if not large:
+                await drain_body(receive)
+            await error_response(exc, self.metrics, unread_body=large)(scope, receive, send)
             return
         try:
             body = await _read_body(receive)
@@ -191,5 +216,5 @@ class ProtectedAPI(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-__all__ = ["Guard", "PredictEndpoint", "ProtectedAPI", "api_token", "default_predict_threads", "error_response", "predict_pool",
+__all__ = ["DRAIN_BYTES", "Guard", "PredictEndpoint", "body_too_large_to_drain", "drain_body", "ProtectedAPI", "api_token", "default_predict_threads", "error_response", "predict_pool",
            "PREDICT_PATH", "ROUTES"]

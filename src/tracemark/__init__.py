@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "accuracy": "tracemark.training",
     "fit": "tracemark.training",
     "predict_labels": "tracemark.training",
+    "resolve_device": "tracemark.data.devices",
     "to_tensor_dataset": "tracemark.training",
     # embedding
     "EmbedReport": "tracemark.embedding",

@@ -51,6 +51,30 @@ class ModelFileError(TracemarkError):
     """A model file cannot be loaded (missing, unknown format, or missing architecture)."""
 
 
+class WeightsMismatchError(ModelFileError):
+    """A weights file does not fit the module it is loaded into (missing or unexpected keys, other shapes)."""
+
+
+class ModelFactoryError(TracemarkError):
+    """A ``--arch package.module:factory`` import string cannot build a model."""
+
+
+class FactoryStringError(ModelFactoryError):
+    """An ``--arch`` value is neither a built-in architecture nor of the form ``package.module:factory``."""
+
+
+class FactoryImportError(ModelFactoryError):
+    """The module named by an ``--arch`` import string does not import."""
+
+
+class FactoryNotFoundError(ModelFactoryError):
+    """The module of an ``--arch`` import string has no attribute of the factory's name."""
+
+
+class FactoryResultError(ModelFactoryError):
+    """A factory cannot be called as documented, or does not return a ``torch.nn.Module``."""
+
+
 class TargetError(TracemarkError):
     """A target (local model or remote API) could not answer."""
 
@@ -73,6 +97,14 @@ class QueryBudgetExceededError(TargetError):
 
 class DatasetError(TracemarkError):
     """A dataset cannot be found or loaded."""
+
+
+class DatasetItemError(DatasetError):
+    """A dataset's items are not ``(image, label)`` pairs with a floating-point image and an integer label."""
+
+
+class DeviceUnavailableError(TracemarkError):
+    """The requested torch device (``cuda``, ``cuda:3``, ``mps``) is not present on this machine."""
 
 
 class EmbeddingError(TracemarkError):
@@ -139,12 +171,20 @@ __all__ = [
     "ClassCountMismatchError",
     "UnsafeFileError",
     "ModelFileError",
+    "WeightsMismatchError",
+    "ModelFactoryError",
+    "FactoryStringError",
+    "FactoryImportError",
+    "FactoryNotFoundError",
+    "FactoryResultError",
     "TargetError",
     "TargetUnreachableError",
     "TargetNotFoundError",
     "TargetResponseError",
     "QueryBudgetExceededError",
     "DatasetError",
+    "DatasetItemError",
+    "DeviceUnavailableError",
     "EmbeddingError",
     "SignatureError",
     "LedgerError",

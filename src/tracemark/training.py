@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tracemark._progress import progress_bar
+from tracemark.data.batches import as_loader, batches, check_items, is_stream
+from tracemark.data.devices import model_device, placed
 
 
 @dataclass
@@ -28,9 +31,16 @@ def to_tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
 
+def _steps_per_epoch(loader: DataLoader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset of unknown length
+        return 0
+
+
 def fit(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset | DataLoader,
     *,
     epochs: int = 3,
     lr: float = 1e-3,
@@ -39,44 +49,86 @@ def fit(
     weight_decay: float = 0.0,
     show_progress: bool = False,
     description: str = "training",
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> FitReport:
-    """Train ``model`` on ``dataset`` with Adam and cross-entropy; shuffling is seeded."""
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    steps = samples = 0
-    start = time.perf_counter()
-    with progress_bar(epochs * len(loader), description, enabled=show_progress) as advance:
-        for _ in range(epochs):
-            for xb, yb in loader:
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yb)
-                loss.backward()
-                optimiser.step()
-                steps += 1
-                samples += len(xb)
-                advance()
-    model.eval()
-    return FitReport(epochs, steps, samples, time.perf_counter() - start)
+    """Train ``model`` on ``dataset`` with Adam and cross-entropy; shuffling is seeded.
+
+    ``dataset`` yields ``(x, y)``; a ``DataLoader`` is used as given (its own batch size,
+    sampler and workers; ``seed`` then does not shuffle). The model is moved to ``device``
+    (default: CUDA, else MPS, else CPU) to train, then moved back where it was.
+    """
+    check_items(dataset)
+    with placed(model, device) as dev:
+        generator = torch.Generator().manual_seed(seed)
+        loader = as_loader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, generator=generator)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        steps = samples = 0
+        start = time.perf_counter()
+        with progress_bar(epochs * _steps_per_epoch(loader), description, enabled=show_progress) as advance:
+            for _ in range(epochs):
+                for xb, yb in loader:
+                    xb, yb = xb.to(dev), yb.to(dev)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    optimiser.step()
+                    steps += 1
+                    samples += len(xb)
+                    advance()
+        model.eval()
+        return FitReport(epochs, steps, samples, time.perf_counter() - start)
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Arg-max labels of ``model`` on ``x`` (evaluation mode)."""
+def _labels(model: nn.Module, x: np.ndarray | Dataset | DataLoader, batch_size: int, num_workers: int,
+            device: str | torch.device | None) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+    """Predicted labels batch by batch (with the batch's true labels for a Dataset), in evaluation mode."""
     was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
-        out.append(model(xb).argmax(dim=1).numpy())
-    model.train(was_training)
+    with placed(model, model_device(model) if device is None else device) as dev:
+        model.eval()
+        try:
+            if is_stream(x):
+                for xb, yb in batches(x, batch_size=batch_size, num_workers=num_workers):
+                    yield model(xb.to(dev)).argmax(dim=1).cpu().numpy(), yb
+            else:
+                for start in range(0, len(x), batch_size):
+                    xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+                    yield model(xb.to(dev)).argmax(dim=1).cpu().numpy(), None
+        finally:
+            model.train(was_training)
+
+
+def predict_labels(model: nn.Module, x: np.ndarray | Dataset | DataLoader, batch_size: int = 1024, *,
+                   device: str | torch.device | None = None, num_workers: int = 0) -> np.ndarray:
+    """Arg-max labels of ``model`` on ``x`` (evaluation mode).
+
+    ``x`` is an image array, or a ``Dataset``/``DataLoader`` of ``(x, y)`` streamed in batches.
+    ``device`` (default: where the model already is) is where it runs; it is moved back after.
+    """
+    out = [labels for labels, _ in _labels(model, x, batch_size, num_workers, device)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of ``x`` that ``model`` labels as ``y``."""
+def accuracy(model: nn.Module, x: np.ndarray | Dataset | DataLoader, y: np.ndarray | None = None, *,
+             batch_size: int = 1024, device: str | torch.device | None = None, num_workers: int = 0) -> float:
+    """Fraction of ``x`` that ``model`` labels as ``y``.
+
+    ``x`` is an image array with labels ``y``, or a ``Dataset``/``DataLoader`` of ``(x, y)``
+    (then ``y`` is not given), streamed in batches. ``device`` as in :func:`predict_labels`.
+    """
+    if is_stream(x):
+        if y is not None:
+            raise TypeError("accuracy: a Dataset or DataLoader carries its own labels; do not pass y")
+        correct = total = 0
+        for labels, yb in _labels(model, x, batch_size, num_workers, device):
+            correct += int(np.sum(labels == np.asarray(yb)))
+            total += len(labels)
+        return correct / total if total else float("nan")
+    if y is None:
+        raise TypeError("accuracy: pass the labels y with an image array")
     if len(x) == 0:
         return float("nan")
-    return float(np.mean(predict_labels(model, x) == np.asarray(y)))
+    return float(np.mean(predict_labels(model, x, batch_size, device=device) == np.asarray(y)))

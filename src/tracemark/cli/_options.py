@@ -11,10 +11,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tracemark.keys import WatermarkKey, is_encrypted
+
+if TYPE_CHECKING:
+    from tracemark.data.factories import BuiltModel
 
 PASSPHRASE_ENV = "TRACEMARK_KEY_PASSPHRASE"
 API_KEY_ENV = "TRACEMARK_API_KEY"
@@ -125,6 +129,39 @@ def parse_headers(headers: list[str]) -> dict[str, str]:
     return parsed
 
 
+ARCH_HELP = ("Build the model with this: a built-in architecture (small_cnn, lenet, mlp, resnet18) or your own "
+             "package.module:factory, imported from this option only (never from a file).")
+ARCH_OPT = typer.Option(None, "--arch", help=ARCH_HELP + " With --model: load its weights (a state dict) strictly.")
+INPUT_SHAPE_OPT = typer.Option(None, "--input-shape", metavar="C,H,W",
+                               help="With --arch: the model's input shape, if neither the factory nor the key gives it.")
+CLASSES_OPT = typer.Option(None, "--classes", help="With --arch: the class count, if neither the factory nor the key gives it.")
+
+DEVICE_OPT = typer.Option(None, "--device", help="Torch device to run on: cuda, cuda:N, mps or cpu (default: the best one here).")
+
+
+def parse_input_shape(text: str | None) -> tuple[int, int, int] | None:
+    """``--input-shape C,H,W`` as a tuple, or ``None`` when not given."""
+    from tracemark.data.factories import check_shape
+    from tracemark.errors import InvalidOptionError
+
+    if text is None:
+        return None
+    try:
+        return check_shape(tuple(int(d) for d in text.split(",")))
+    except ValueError as exc:
+        raise InvalidOptionError(f"--input-shape {text!r}: write three positive numbers C,H,W (like 1,28,28)") from exc
+
+
+def arch_model(arch: str, weights: Path | None, input_shape: str | None, classes: int | None, *,
+               default_shape: tuple[int, int, int] | None = None, default_classes: int | None = None,
+               seed: int | None = None) -> BuiltModel:
+    """The :class:`~tracemark.data.factories.BuiltModel` for ``--arch`` (and ``--model`` weights, if given)."""
+    from tracemark.data.factories import build_arch
+
+    return build_arch(arch, weights=weights, input_shape=parse_input_shape(input_shape), num_classes=classes,
+                      default_shape=default_shape, default_classes=default_classes, seed=seed)
+
+
 # The options every command that asks a suspect shares (verify, trace, responses check).
 MODEL_OPT = typer.Option(None, help="Suspect model file: .safetensors, .onnx, .pt2 or a .pt state dict.")
 URL_OPT = typer.Option(None, help="Suspect prediction API (HTTP POST endpoint).")
@@ -153,14 +190,26 @@ TRANSCRIPT_OPT = typer.Option(None, help="With --url: write every query and answ
 def suspect_target(model: Path | None, url: str | None, *, num_classes: int | None = None, field: str = "labels",
                    probabilities_field: str | None = None, template: str | None = None, header: list[str] | None = None,
                    api_key: str | None = None, budget: int | None = None, rate: float | None = None, batch_size: int = 32,
-                   timeout: float = 10.0):
-    """The suspect of ``verify``/``trace``/``responses check``: a local model file or an HTTP prediction API (exactly one)."""
+                   timeout: float = 10.0, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
+                   shape_option: str | None = None, classes_option: int | None = None):
+    """The suspect of ``verify``/``trace``/``responses check``: a local model file or an HTTP prediction API (exactly one).
+
+    With ``arch`` (``--arch``), the model is built by it and ``model`` holds its weights; ``input_shape``
+    and ``num_classes`` (the key's) are the defaults for its shape.
+    """
     import json
 
     from tracemark.targets import load_target
 
     if (model is None) == (url is None):
         raise typer.BadParameter("give exactly one of --model or --url")
+    if arch is not None and model is None:
+        raise typer.BadParameter("--arch goes with --model (the weights file)", param_hint="--arch")
+    if arch is not None:
+        from tracemark.targets.local import TorchTarget
+
+        built = arch_model(arch, model, shape_option, classes_option, default_shape=input_shape, default_classes=num_classes)
+        return TorchTarget(built.module, description=str(model), input_shape=built.input_shape, num_classes=built.num_classes)
     if model is not None:
         return load_target(model)
     from tracemark.targets.http import HttpTarget

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from tracemark.cli._options import LEDGER_HELP, data_help, load_key, record_event
+from tracemark.cli import _options as opts
+from tracemark.cli._options import LEDGER_HELP, arch_model, data_help, load_key, record_event
 from tracemark.cli._output import console, emit, error_console
+
+if TYPE_CHECKING:
+    from tracemark.data.factories import BuiltModel
 
 TRAIN_SAMPLES = 40_000
 """Default training length: about this many examples seen (20 epochs of digits, 2 of MNIST)."""
@@ -22,20 +26,25 @@ def default_epochs(n_train: int) -> int:
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
     data: str = typer.Option("digits", help=data_help("Dataset")),
-    arch: str = typer.Option("small_cnn", help="small_cnn | lenet | mlp"),
+    arch: str = typer.Option("small_cnn", help=opts.ARCH_HELP),
+    input_shape: Optional[str] = opts.INPUT_SHAPE_OPT,
+    classes: Optional[int] = opts.CLASSES_OPT,
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: about 40,000 examples seen; 20 on digits, 2 on MNIST)."),
     seed: int = typer.Option(0, help="Seed for weights and shuffling."),
     key: Optional[Path] = typer.Option(None, help="Embed this key during training (trigger mixing)."),
     ratio: float = typer.Option(0.05, help="With --key: trigger items as a fraction of the training set."),
+    device: Optional[str] = opts.DEVICE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Train a reference model (optionally marking it during training)."""
-    from tracemark.data import build_model, load_dataset, save_model
+    """Train a reference model, or your own (--arch package.module:factory), optionally marking it during training."""
+    from tracemark.data import load_dataset
     from tracemark.embedding import TriggerMixDataset, assess
     from tracemark.training import accuracy, fit, to_tensor_dataset
 
     dataset = load_dataset(data)
-    model = build_model(arch, dataset.input_shape, dataset.num_classes, seed=seed)
+    built = arch_model(arch, None, input_shape, classes, default_shape=dataset.input_shape,
+                       default_classes=dataset.num_classes, seed=seed)
+    model = built.module
     train_set = to_tensor_dataset(dataset.x_train, dataset.y_train)
     wm_key = load_key(key) if key else None
     if wm_key is not None:
@@ -45,19 +54,20 @@ def train(
         if not as_json:
             error_console.print(f"training {arch} on {dataset.name} for {epochs} epochs ({len(train_set)} examples each; "
                                 "--epochs changes it)", highlight=False)
-    report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json)
-    save_model(model, out)
+    report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json, device=device)
+    _save(built, out)
     if wm_key is not None:
-        result = assess(model, wm_key, dataset, steps=report.steps, samples_seen=report.samples_seen, seconds=report.seconds)
+        result = assess(model, wm_key, dataset, steps=report.steps, samples_seen=report.samples_seen, seconds=report.seconds,
+                        device=device)
         emit(result, as_json)
     else:
-        acc = accuracy(model, dataset.x_test, dataset.y_test)
+        acc = accuracy(model, dataset.x_test, dataset.y_test, device=device)
         emit({"model": str(out), "arch": arch, "test_accuracy": acc, "seconds": report.seconds} if as_json
              else f"trained {arch} on {dataset.name}: test accuracy {acc:.2%} in {report.seconds:.1f} s -> {out}", as_json)
 
 
 def embed(
-    model: Path = typer.Option(..., help="Trained model (.safetensors written by tracemark)."),
+    model: Path = typer.Option(..., help="Trained model (.safetensors written by tracemark; with --arch, its weights)."),
     key: Path = typer.Option(..., help="Watermark key file."),
     out: Path = typer.Option(..., "--out", "-o", help="Marked model file to write (.safetensors)."),
     data: str = typer.Option("digits", help=data_help("Training data for the short fine-tuning")),
@@ -66,26 +76,39 @@ def embed(
     lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the fine-tuning (lower keeps clean accuracy, needs more steps)."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the model even if embedding does not reach its goal."),
     seed: int = typer.Option(0, help="Seed for batch sampling."),
+    arch: Optional[str] = opts.ARCH_OPT,
+    input_shape: Optional[str] = opts.INPUT_SHAPE_OPT,
+    classes: Optional[int] = opts.CLASSES_OPT,
+    device: Optional[str] = opts.DEVICE_OPT,
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Embed a key into an already-trained model by short fine-tuning; exit 1 (nothing written) if it misses its goal."""
-    from tracemark.data import load_dataset, load_model, save_model
+    from tracemark.data import load_dataset, load_model
     from tracemark.embedding import embed as embed_key
 
     if lr <= 0 or max_steps < 1:
         raise typer.BadParameter("--lr must be positive and --max-steps at least 1")
     wm_key = load_key(key)
-    net = load_model(model)
+    built = None
+    if arch is not None:
+        built = arch_model(arch, model, input_shape, classes, default_shape=wm_key.input_shape,
+                           default_classes=wm_key.num_classes)
+    net = built.module if built is not None else load_model(model)
     report = embed_key(net, wm_key, load_dataset(data), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
-                       lr=lr, seed=seed, show_progress=not as_json)
+                       lr=lr, seed=seed, show_progress=not as_json, device=device)
     emit(report, as_json)
     if not report.reached_goal and not keep_failed:
         error_console.print(f"[bold red]error:[/] embedding did not reach its goal; nothing written to {out} "
                             f"(try --max-steps {2 * max_steps}, --lr {lr / 2:g} or a larger --max-clean-drop; "
                             "--keep-failed writes it anyway)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    save_model(net, out)
+    if built is not None:
+        _save(built, out)
+    else:
+        from tracemark.data import save_model
+
+        save_model(net, out)
     from tracemark.ledger import file_sha256, record_embedded
 
     record_event(ledger, record_embedded, file_sha256(out), wm_key.commitment(), report, model_name=out.name, quiet=as_json)
@@ -96,15 +119,22 @@ def embed(
 
 
 def export(
-    model: Path = typer.Argument(..., help="Model (.safetensors written by tracemark)."),
+    model: Path = typer.Argument(..., help="Model (.safetensors written by tracemark; with --arch, its weights)."),
     out: Path = typer.Option(..., "--out", "-o", help="File to write: .onnx or .pt2 (torch.export)."),
+    arch: Optional[str] = opts.ARCH_OPT,
+    input_shape: Optional[str] = opts.INPUT_SHAPE_OPT,
+    classes: Optional[int] = opts.CLASSES_OPT,
 ) -> None:
     """Export a model to ONNX or a torch.export program."""
     from tracemark.data import load_model, model_spec
     from tracemark.data.export import save_exported, save_onnx
 
-    net = load_model(model)
-    shape = model_spec(net).input_shape  # type: ignore[union-attr]
+    if arch is not None:
+        built = arch_model(arch, model, input_shape, classes)
+        net, shape = built.module, built.input_shape
+    else:
+        net = load_model(model)
+        shape = model_spec(net).input_shape  # type: ignore[union-attr]
     if out.suffix == ".onnx":
         save_onnx(net, out, shape)
     elif out.suffix == ".pt2":
@@ -112,6 +142,17 @@ def export(
     else:
         raise typer.BadParameter("use a .onnx or .pt2 file name", param_hint="--out")
     console.print(f"wrote {out}")
+
+
+def _save(built: BuiltModel, out: Path) -> None:
+    """Write a built-in model as a tracemark model file, a factory's as plain weights (shape and classes only)."""
+    from tracemark.data import save_model
+    from tracemark.data.factories import save_weights
+
+    if built.from_factory:
+        save_weights(built.module, out, built.input_shape, built.num_classes)
+    else:
+        save_model(built.module, out)
 
 
 def register(root: typer.Typer) -> None:

@@ -25,6 +25,9 @@ def verify(
     batch_size: int = suspect.BATCH_OPT,
     timeout: float = suspect.TIMEOUT_OPT,
     transcript: Optional[Path] = suspect.TRANSCRIPT_OPT,
+    arch: Optional[str] = suspect.ARCH_OPT,
+    input_shape: Optional[str] = suspect.INPUT_SHAPE_OPT,
+    classes: Optional[int] = suspect.CLASSES_OPT,
     reference: list[Path] = typer.Option([], help="Independently trained model file for an empirical null (repeatable)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate: call 'copy' only when p <= alpha."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many triggers."),
@@ -37,7 +40,8 @@ def verify(
 
     wm_key = load_key(key)
     target = suspect_target(model, url, num_classes=wm_key.num_classes, field=field, template=template, header=header,
-                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout)
+                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout,
+                            arch=arch, input_shape=wm_key.input_shape, shape_option=input_shape, classes_option=classes)
     references = [load_target(path) for path in reference]
     try:
         verdict = run_verify(wm_key, target, alpha=alpha, max_queries=max_queries, references=references,

@@ -19,6 +19,8 @@ from tracemark._util.files import atomic_write_bytes
 from tracemark.errors import ModelFileError
 
 MODEL_FORMAT = "tracemark-model/1"
+WEIGHTS_FORMAT = "tracemark-weights/1"
+"""Metadata format of weights for a model built by the user's own code (``--arch package.module:factory``)."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,42 @@ def _mlp(c: int, h: int, w: int, k: int) -> nn.Module:
     )
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv + batch norm, with a 1x1 projection when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def _resnet18(c: int, h: int, w: int, k: int) -> nn.Module:
+    """CIFAR-style ResNet-18: 3x3 stem (no max-pool), 4 stages of 2 blocks, global average pool, linear head."""
+    if h < 8 or w < 8:
+        raise ModelFileError(f"resnet18 needs inputs of at least 8x8 pixels, not {h}x{w}")
+    layers: list[nn.Module] = [nn.Conv2d(c, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    c_in = 64
+    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, k)]
+    return nn.Sequential(*layers)
+
+
 ARCHITECTURES: dict[str, Callable[[int, int, int, int], nn.Module]] = {
     "small_cnn": _small_cnn,
     "lenet": _lenet,
     "mlp": _mlp,
+    "resnet18": _resnet18,
 }
 
 
@@ -129,10 +163,16 @@ def spec_from_metadata(metadata: dict[str, str] | None, source: str) -> ModelSpe
         entry = json.loads((metadata or {}).get("tracemark", "{}"))
     except ValueError as exc:
         raise ModelFileError(f"{source}: malformed tracemark metadata ({exc})") from exc
+    if entry.get("format") == WEIGHTS_FORMAT:
+        raise ModelFileError(
+            f"{source}: weights for a model built by your own code, not a built-in architecture; "
+            "give the factory that builds it (--arch package.module:factory)"
+        )
     if entry.get("format") != MODEL_FORMAT or "spec" not in entry:
         raise ModelFileError(
             f"{source}: safetensors file without tracemark architecture metadata; "
-            "pass the architecture explicitly (spec=ModelSpec(arch, input_shape, num_classes))"
+            "name the architecture that builds it (--arch NAME or package.module:factory on the command line; "
+            "spec=ModelSpec(arch, input_shape, num_classes) in Python)"
         )
     try:
         raw = entry["spec"]

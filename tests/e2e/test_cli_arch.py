@@ -1,0 +1,101 @@
+"""`--arch package.module:factory`: the CLI marks, verifies and exports a model built by the user's own code."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import tracemark as tm
+from tests.user_models import small_residual
+from tracemark.cli import build_app, main
+
+runner = CliRunner()
+app = build_app()
+ARCH = "tests.user_models:small_residual"
+
+
+def run(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def cli_error(capsys, monkeypatch, *args: str) -> str:
+    """Run the console entry point; assert exit 2 with one ``error:`` line, and return it."""
+    monkeypatch.setattr(sys, "argv", ["tracemark", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits):
+    """The user's way: build from their own code, train with their own loop, save a plain state dict."""
+    d = tmp_path_factory.mktemp("arch")
+    model = small_residual()
+    tm.fit(model, tm.to_tensor_dataset(digits.x_train, digits.y_train), epochs=8, seed=0)
+    save_file(model.state_dict(), str(d / "w.safetensors"))
+    key = tm.WatermarkKey.generate("content", images=digits.x_train, labels=digits.y_train, n_triggers=100,
+                                   seed=bytes(range(32)))
+    key.save(d / "k.key")
+    return d
+
+
+def test_embed_verify_export_a_factory_model(workdir):
+    k, w, m = (str(workdir / name) for name in ("k.key", "w.safetensors", "m.safetensors"))
+    r = run("embed", "--arch", ARCH, "--model", w, "--key", k, "--data", "digits", "--out", m, "--lr", "2e-3",
+            "--max-clean-drop", "2", "--json")
+    assert json.loads(r.output)["reached_goal"]
+    r = run("verify", "--arch", ARCH, "--model", m, "--key", k, "--json")
+    assert json.loads(r.output)["verdict"] == "copy"
+    r = run("verify", "--arch", ARCH, "--model", w, "--key", k, "--json")
+    assert json.loads(r.output)["verdict"] == "no-evidence"
+    run("export", m, "--arch", ARCH, "--out", str(workdir / "m.onnx"))
+    r = run("verify", "--model", str(workdir / "m.onnx"), "--key", k, "--json")
+    assert json.loads(r.output)["verdict"] == "copy"
+
+
+def test_train_a_factory_model_records_no_code(workdir, capsys, monkeypatch):
+    out = workdir / "t.safetensors"
+    run("train", "--arch", ARCH, "--data", "digits", "--epochs", "1", "--out", str(out))
+    header = json.loads(out.read_bytes()[8 : 8 + int.from_bytes(out.read_bytes()[:8], "little")])
+    entry = json.loads(header["__metadata__"]["tracemark"])
+    assert entry == {"format": "tracemark-weights/1", "input_shape": [1, 8, 8], "num_classes": 10}
+    assert "user_models" not in out.read_bytes().decode("latin-1")
+    line = cli_error(capsys, monkeypatch, "verify", "--model", str(out), "--key", str(workdir / "k.key"))
+    assert "built by your own code" in line and "--arch package.module:factory" in line
+
+
+@pytest.mark.parametrize(("arch", "extra", "needles"), [
+    ("tests.user_models", [], ["FactoryStringError", "no colon"]),
+    ("tests.no_such_module:f", [], ["FactoryImportError", "'tests.no_such_module'", "No module named"]),
+    ("tests.user_models:nope", [], ["FactoryNotFoundError", "no attribute 'nope'"]),
+    ("tests.user_models:not_a_module", [], ["FactoryResultError", "returned a dict"]),
+    ("tests.user_models:wide_residual", [], ["WeightsMismatchError", "missing keys", "unexpected keys"]),
+    (ARCH, ["--classes", "5"], ["WeightsMismatchError", "shape mismatch", "(10, 128) in the file, (5, 128) in the model"]),
+])
+def test_bad_arch_gives_one_line(workdir, capsys, monkeypatch, arch, extra, needles):
+    line = cli_error(capsys, monkeypatch, "verify", "--arch", arch, *extra, "--model", str(workdir / "w.safetensors"),
+                     "--key", str(workdir / "k.key"))
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_a_file_never_names_code_to_import(workdir, capsys, monkeypatch):
+    """An import string in a suspect file's metadata is only ever looked up among the built-in names."""
+    evil = workdir / "evil.safetensors"
+    spec = {"arch": "tests.user_models:small_residual", "input_shape": [1, 8, 8], "num_classes": 10}
+    save_file({"w": torch.zeros(1)}, str(evil),
+              metadata={"tracemark": json.dumps({"format": "tracemark-model/1", "spec": spec})})
+    line = cli_error(capsys, monkeypatch, "verify", "--model", str(evil), "--key", str(workdir / "k.key"))
+    assert "unknown architecture" in line
+    line = cli_error(capsys, monkeypatch, "verify", "--model", str(workdir / "w.safetensors"), "--key", str(workdir / "k.key"))
+    assert "ModelFileError" in line and "--arch" in line

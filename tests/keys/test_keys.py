@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import tracemark as tm
 from tracemark.keys import KINDS
@@ -118,3 +119,33 @@ def test_generate_rejects_bad_arguments(digits):
         tm.WatermarkKey.generate("content", images=digits.x_train[:10], labels=digits.y_train[:10], n_triggers=50)
     with pytest.raises(ValueError, match="images and labels"):
         tm.WatermarkKey.generate("noise", num_classes=10, input_shape=(1, 8, 8))
+
+
+class _CountingDataset(torch.utils.data.Dataset):
+    """Digits as (image, label) items, counting how many items were read."""
+
+    def __init__(self, digits: tm.ImageData, copies: int = 1):
+        self.x, self.y, self.copies, self.reads = digits.x_train, digits.y_train, copies, 0
+
+    def __len__(self) -> int:
+        return len(self.x) * self.copies
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        j = i % len(self.x)
+        return torch.from_numpy(self.x[j]), int(self.y[j])
+
+
+def test_key_from_a_dataset_reads_a_seeded_sample_only(digits):
+    seed = bytes(range(32))
+    dataset = _CountingDataset(digits, copies=10)  # 14,370 items
+    key = tm.WatermarkKey.generate("content", images=dataset, num_classes=10, n_triggers=50, seed=seed)
+    assert dataset.reads <= tm.keys.key.DATASET_SAMPLE + 1  # the sample (and the first item's check), not the set
+    again = tm.WatermarkKey.generate("content", images=_CountingDataset(digits, copies=10), num_classes=10, n_triggers=50, seed=seed)
+    assert key.commitment() == again.commitment()
+    triggers = key.triggers()
+    assert triggers.inputs.shape == (50, *digits.input_shape) and set(triggers.labels) <= set(range(10))
+    with pytest.raises(ValueError, match="num_classes"):
+        tm.WatermarkKey.generate("content", images=dataset, n_triggers=50, seed=seed)
+    with pytest.raises(ValueError, match="do not pass labels"):
+        tm.WatermarkKey.generate("content", images=dataset, labels=digits.y_train, num_classes=10, seed=seed)

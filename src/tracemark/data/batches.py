@@ -73,3 +73,19 @@ def check_items(data: Stream, input_shape: tuple[int, ...] | None = None) -> Non
     if input_shape is not None and tuple(x.shape) != tuple(input_shape):
         raise ShapeMismatchError(f"dataset {name} yields images of shape {tuple(x.shape)}, the key's triggers are "
                                  f"{tuple(input_shape)}; resize the images (C×H×W) or use a key of that shape")
+
+
+def sample_arrays(dataset: Dataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The items of a map-style ``dataset`` at ``indices`` as float32 images (N×C×H×W) and int64 labels; only those
+    items are read."""
+    if isinstance(dataset, IterableDataset):
+        raise DatasetItemError(f"dataset {type(dataset).__name__} is iterable-only; a sample needs a map-style Dataset")
+    check_items(dataset)
+    pairs = [item_pair(dataset[int(i)]) for i in indices]
+    if not pairs:
+        raise DatasetItemError(f"dataset {type(dataset).__name__} is empty; give it at least one (image, label) item")
+    shapes = {tuple(x.shape) for x, _ in pairs}
+    if len(shapes) != 1:
+        raise ShapeMismatchError(f"dataset {type(dataset).__name__} yields images of several shapes {sorted(shapes)[:3]}; make them one C×H×W")
+    return torch.stack([x for x, _ in pairs]).numpy(), torch.stack([y.reshape(()) for _, y in pairs]).numpy()
+

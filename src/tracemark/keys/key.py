@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from tracemark._util import rng
 from tracemark._util.canonical import canonical_json, sha256_hex
@@ -20,6 +21,8 @@ from tracemark.keys.triggerset import TriggerSet
 
 LabelMode = Literal["keyed", "single"]
 COMMITMENT_DOMAIN = b"tracemark-key-commitment/v1\n"
+DATASET_SAMPLE = 2000
+"""Items read from a Dataset given to :meth:`WatermarkKey.generate` (or twice the trigger count, if more)."""
 DEFAULT_PARAMS = {
     "content": {"opacity": 1.0},
     "noise": {"sigma": 0.4},
@@ -72,7 +75,7 @@ class WatermarkKey:
         cls,
         kind: str,
         *,
-        images: np.ndarray | None = None,
+        images: np.ndarray | Dataset | None = None,
         labels: np.ndarray | None = None,
         num_classes: int | None = None,
         input_shape: tuple[int, int, int] | None = None,
@@ -90,7 +93,11 @@ class WatermarkKey:
 
         ``images``/``labels`` (float32 N×C×H×W in [0, 1]) are the pool that ``content`` and
         ``noise`` keys pick source images from, and that ``unrelated`` keys may take as their
-        out-of-domain images (default: crops of photos bundled with scikit-learn).
+        out-of-domain images (default: crops of photos bundled with scikit-learn). ``images`` may
+        instead be a map-style ``torch.utils.data.Dataset`` of ``(image, label)`` items (then give no
+        ``labels``): a seeded sample of :data:`DATASET_SAMPLE` items is read from it, never the whole
+        set; ``num_classes`` is then required. The key stores its source images, so it regenerates
+        its triggers without the dataset.
         ``label_mode="keyed"`` (default) gives each trigger its own secret random label, which
         makes the null rate exact (1/(K-1) or 1/K); ``"single"`` labels every trigger
         ``target_label`` (the NXP/IBM scheme; calibrate it with reference models).
@@ -107,6 +114,16 @@ class WatermarkKey:
         seed = secrets.token_bytes(32) if seed is None else bytes(seed)
         if len(seed) < 16:
             raise ValueError("seed must be at least 16 bytes")
+        if isinstance(images, Dataset):
+            if labels is not None:
+                raise ValueError("with a Dataset, the labels come from its items; do not pass labels")
+            if num_classes is None and kind != "unrelated":
+                raise ValueError("with a Dataset, give num_classes (a sample of it may not hold every class)")
+            from tracemark.data.batches import sample_arrays
+
+            pick = rng.permutation(seed, "source/dataset-sample", len(images))[: max(DATASET_SAMPLE, 2 * n_triggers)]  # type: ignore[arg-type]
+            images, sample_labels = sample_arrays(images, pick)
+            labels = None if kind == "unrelated" else sample_labels
         if images is not None:
             images = np.asarray(images, dtype=np.float32)
             if images.ndim != 4:

@@ -68,3 +68,20 @@ def test_saved_model_bytes_are_deterministic(tmp_path, models):
 
     digests = {hashlib.sha256(tm.save_model(models.marked, tmp_path / f"{i}.safetensors").read_bytes()).hexdigest() for i in range(10)}
     assert len(digests) == 1
+
+
+def test_torch_target_asks_the_model_where_it_lives(models, digits):
+    import copy
+
+    from tracemark.errors import DeviceUnavailableError
+
+    x = digits.x_test[:40]
+    expected = tm.TorchTarget(models.marked).predict(x).labels
+    on_cpu = tm.TorchTarget(copy.deepcopy(models.marked), device="cpu").predict(x).labels
+    np.testing.assert_array_equal(on_cpu, expected)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="cuda"):
+            tm.TorchTarget(copy.deepcopy(models.marked), device="cuda")
+    else:  # a model kept on the GPU is asked there, and answers like the CPU copy
+        gpu_model = copy.deepcopy(models.marked).to("cuda")
+        np.testing.assert_array_equal(tm.TorchTarget(gpu_model).predict(x).labels, expected)

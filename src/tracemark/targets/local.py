@@ -27,16 +27,33 @@ def _scores_to_answers(scores: np.ndarray) -> Answers:
 
 
 class TorchTarget(Target):
-    """A torch ``nn.Module`` (or an exported program's module) returning logits."""
+    """A torch ``nn.Module`` (or an exported program's module) returning logits.
+
+    Inputs are sent to ``device`` (checked to be present), by default to wherever the module's weights are, so a
+    model kept on a GPU is asked there; answers come back to the CPU.
+    """
 
     def __init__(self, module: nn.Module | Callable[[torch.Tensor], torch.Tensor], description: str = "torch module",
-                 input_shape: tuple[int, ...] | None = None, num_classes: int | None = None, batch_size: int = 512):
+                 input_shape: tuple[int, ...] | None = None, num_classes: int | None = None, batch_size: int = 512,
+                 device: str | torch.device | None = None):
+        from tracemark.data.devices import resolve_device
+
         self.module = module
         self.description = description
         spec = getattr(module, "tracemark_spec", None)
         self.input_shape = input_shape or (tuple(spec.input_shape) if spec else None)
         self.num_classes = num_classes or (spec.num_classes if spec else None)
         self.batch_size = batch_size
+        self.device = resolve_device(device) if device is not None else None
+        if self.device is not None and isinstance(module, nn.Module):
+            module.to(self.device)
+
+    def _input_device(self) -> torch.device:
+        from tracemark.data.devices import model_device
+
+        if self.device is not None:
+            return self.device
+        return model_device(self.module) if isinstance(self.module, nn.Module) else torch.device("cpu")
 
     @torch.no_grad()
     def _answer(self, x: np.ndarray) -> Answers:
@@ -45,11 +62,11 @@ class TorchTarget(Target):
                 self.module.eval()
             except NotImplementedError:  # exported programs' modules are always in eval mode
                 pass
-        outputs = []
+        outputs, device = [], self._input_device()
         for start in range(0, len(x), self.batch_size):
-            batch = torch.from_numpy(x[start : start + self.batch_size])
+            batch = torch.from_numpy(x[start : start + self.batch_size]).to(device)
             try:
-                outputs.append(self.module(batch).detach().float().numpy())
+                outputs.append(self.module(batch).detach().float().cpu().numpy())
             except (RuntimeError, ValueError) as exc:
                 raise ShapeMismatchError(
                     f"{self.description} cannot take inputs of shape {tuple(x.shape[1:])}: {str(exc).splitlines()[0]}"

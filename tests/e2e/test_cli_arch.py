@@ -99,3 +99,12 @@ def test_a_file_never_names_code_to_import(workdir, capsys, monkeypatch):
     assert "unknown architecture" in line
     line = cli_error(capsys, monkeypatch, "verify", "--model", str(workdir / "w.safetensors"), "--key", str(workdir / "k.key"))
     assert "ModelFileError" in line and "--arch" in line
+
+
+@pytest.mark.parametrize("command", [["trace", "--registry", "none.sqlite"], ["responses", "check", "--responses-db", "none.sqlite"]])
+def test_trace_and_responses_check_build_the_suspect_with_arch(workdir, capsys, monkeypatch, command):
+    """`trace` and `responses check` take --arch like verify: a wrong factory is reported before any store is read."""
+    key = ["--key", str(workdir / "k.key")] if command[0] == "trace" else []
+    line = cli_error(capsys, monkeypatch, *command, *key, "--arch", "tests.user_models:wide_residual",
+                     "--model", str(workdir / "w.safetensors"))
+    assert "WeightsMismatchError" in line and "missing keys" in line, line

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from tracemark.cli import _options as suspect
-from tracemark.cli._options import LEDGER_HELP, load_key, record_event, save_transcript, suspect_target
+from tracemark.cli._options import LEDGER_HELP, arch_model, load_key, record_event, save_transcript, suspect_target
 from tracemark.cli._output import console, emit
 from tracemark.cli.responses import open_evidence, record_clone_check
 
@@ -137,6 +137,9 @@ def trace(
     batch_size: int = suspect.BATCH_OPT,
     timeout: float = suspect.TIMEOUT_OPT,
     transcript: Optional[Path] = suspect.TRANSCRIPT_OPT,
+    arch: Optional[str] = suspect.ARCH_OPT,
+    input_shape: Optional[str] = suspect.INPUT_SHAPE_OPT,
+    classes: Optional[int] = suspect.CLASSES_OPT,
     base: Optional[Path] = typer.Option(None, "--base", help="With --model: the base model the copies were made from; also runs the weight test (checked against the registry's base hash)."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together (split between the two tests with --base)."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many queries (default: all, D×classes)."),
@@ -153,7 +156,8 @@ def trace(
         raise typer.BadParameter("the weight test needs the suspect's weights: give --model with --base", param_hint="--base")
     wm_key = load_key(key)
     target = suspect_target(model, url, num_classes=wm_key.num_classes, field=field, template=template, header=header,
-                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout)
+                            api_key=api_key, budget=budget, rate=rate, batch_size=batch_size, timeout=timeout,
+                            arch=arch, input_shape=wm_key.input_shape, shape_option=input_shape, classes_option=classes)
     reg = Registry.open(registry)
     scheme = reg.scheme(wm_key)
     base_model = None
@@ -162,7 +166,11 @@ def trace(
         from tracemark.ledger import file_sha256
 
         reg.check_base(file_sha256(base))
-        base_model = load_model(base)
+        if arch is not None:  # the base is built by the same factory as the suspect
+            base_model = arch_model(arch, base, input_shape, classes, default_shape=wm_key.input_shape,
+                                    default_classes=wm_key.num_classes).module
+        else:
+            base_model = load_model(base)
     evidence = open_evidence(responses_db) if responses_db is not None else None  # before any query
     clones = None
     try:

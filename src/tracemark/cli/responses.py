@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from tracemark.cli._options import API_KEY_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT, record_event, suspect_target
+from tracemark.cli._options import (API_KEY_OPT, ARCH_OPT, CLASSES_OPT, INPUT_SHAPE_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT,
+                                   record_event, suspect_target)
 from tracemark.cli._output import emit, error_console
 from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_RATE, DEFAULT_UNUSUAL_SHARE
 
@@ -171,6 +172,9 @@ def check(
     api_key: Optional[str] = API_KEY_OPT,
     batch_size: int = typer.Option(32, help="With --url: inputs per request."),
     timeout: float = TIMEOUT_OPT,
+    arch: Optional[str] = ARCH_OPT,
+    input_shape: Optional[str] = INPUT_SHAPE_OPT,
+    classes: Optional[int] = CLASSES_OPT,
     client: list[str] = typer.Option([], "--client", help="Only test this client (name or id; repeatable; needs --clients-db)."),
     evidence: Optional[Path] = typer.Option(None, "--evidence", help="Use an export (`tracemark responses export`) instead of the store."),
     alpha: float = typer.Option(1e-6, help="Name a client only when its Bonferroni-adjusted p-value is at most this."),
@@ -183,8 +187,9 @@ def check(
     from tracemark.extraction.clones import check_clone
     from tracemark.extraction.store import load_export
 
-    if (model is None) == (url is None):  # before any store is opened
-        raise typer.BadParameter("give exactly one of --model or --url")
+    target = suspect_target(model, url, field=field, probabilities_field=probabilities_field, api_key=api_key,
+                            batch_size=batch_size, timeout=timeout, arch=arch, shape_option=input_shape,
+                            classes_option=classes)  # before any store is opened: a bad suspect is refused first
     if evidence is not None:
         source = load_export(evidence)
         evidence_sha256 = _sha256(evidence)
@@ -196,8 +201,6 @@ def check(
 
         clients = ClientStore(clients_db)
         ids = [clients.get(name).id for name in client]
-    target = suspect_target(model, url, field=field, probabilities_field=probabilities_field, api_key=api_key,
-                            batch_size=batch_size, timeout=timeout)
     result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json)
     record_event(ledger, record_clone_check, result, evidence_sha256, quiet=as_json)
     emit(result, as_json)

@@ -37,11 +37,14 @@ from typing import Any, Iterator
 
 import torch
 
-from tracemark.errors import ModelFileError, UnsafeFileError
+from tracemark.errors import ArchiveBoundsError, ArchiveError, ArchiveFeatureError, ModelFileError, UnsafeFileError
+from tracemark.trust.archives import ZipLimits, check_directory, read_member
 
 MAX_ARCHIVE_BYTES = 16 << 30
 """Largest ``.pt2`` file accepted (16 GiB); it is read into memory once."""
-MAX_MEMBERS = 100_000
+PT2_LIMITS = ZipLimits(max_archive_bytes=MAX_ARCHIVE_BYTES, max_members=100_000, max_member_bytes=MAX_ARCHIVE_BYTES,
+                       max_total_bytes=MAX_ARCHIVE_BYTES, methods=frozenset({zipfile.ZIP_STORED}))
+"""What a ``.pt2`` archive may hold: 100,000 members, 16 GiB in all, stored (torch.export.save never compresses)."""
 MAX_JSON_BYTES = 256 << 20
 """Largest JSON member (program, configs) parsed."""
 
@@ -167,13 +170,13 @@ def _read_bounded(source: str | Path | bytes | bytearray, label: str) -> bytes:
 def _checked_members(data: bytes, label: str) -> dict[str, bytes]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
+        infos = check_directory(archive, PT2_LIMITS, label)  # counts, sizes, flags and methods, before any read
+    except (ArchiveBoundsError, ArchiveFeatureError) as exc:
+        raise UnsafeFileError(str(exc)) from exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         raise ModelFileError(f"{label}: not a torch.export .pt2 archive ({_first_line(exc)})") from exc
     if not infos:
         raise ModelFileError(f"{label}: empty archive, not a torch.export program")
-    if len(infos) > MAX_MEMBERS:
-        raise UnsafeFileError(f"{label}: {len(infos)} archive members, more than the {MAX_MEMBERS} accepted")
     root = infos[0].filename.split("/", 1)[0]
     if not _ROOT.fullmatch(root):
         raise UnsafeFileError(f"{label}: archive root folder {root!r} is not a plain name")
@@ -185,12 +188,10 @@ def _checked_members(data: bytes, label: str) -> dict[str, bytes]:
         if relative in members:
             raise UnsafeFileError(f"{label}: member {relative!r} appears twice")
         _admit_member(relative, label)
-        if info.flag_bits & 0x1:
-            raise UnsafeFileError(f"{label}: member {relative!r} is marked encrypted")
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-            raise UnsafeFileError(f"{label}: member {relative!r} is compressed; torch.export.save stores members as they are")
         try:
-            members[relative] = archive.read(info)
+            members[relative] = read_member(archive, info, PT2_LIMITS.max_member_bytes, label)
+        except ArchiveError as exc:
+            raise ModelFileError(str(exc)) from exc
         except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
             raise ModelFileError(f"{label}: member {relative!r} is unreadable ({_first_line(exc)})") from exc
     if members.get("archive_format", b"").strip() != b"pt2":

@@ -85,3 +85,18 @@ def test_torch_target_asks_the_model_where_it_lives(models, digits):
     else:  # a model kept on the GPU is asked there, and answers like the CPU copy
         gpu_model = copy.deepcopy(models.marked).to("cuda")
         np.testing.assert_array_equal(tm.TorchTarget(gpu_model).predict(x).labels, expected)
+
+
+def test_a_model_that_runs_out_of_memory_is_named_as_such_not_as_a_shape_error():
+    """An informed thief's file can allocate at will when asked; the accuser is told that, not "wrong shape"."""
+    from torch import nn
+
+    from tracemark.errors import ShapeMismatchError, TargetError
+
+    class Hog(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, :10] + torch.empty(1 << 45)[:1]  # 128 TiB: the allocator refuses at once
+
+    with pytest.raises(TargetError, match="ran out of memory") as caught:
+        tm.TorchTarget(Hog(), description="hog").predict(np.zeros((2, 1, 8, 8), np.float32))
+    assert not isinstance(caught.value, ShapeMismatchError)

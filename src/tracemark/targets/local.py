@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracemark.errors import ModelFileError, ShapeMismatchError
+from tracemark.errors import ModelFileError, ShapeMismatchError, TargetError
 from tracemark.targets.base import Answers, Target
 
 
@@ -68,6 +68,11 @@ class TorchTarget(Target):
             try:
                 outputs.append(self.module(batch).detach().float().cpu().numpy())
             except (RuntimeError, ValueError) as exc:
+                if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+                    raise TargetError(
+                        f"{self.description} ran out of memory answering {len(batch)} inputs ({str(exc).splitlines()[0][-120:]}); "
+                        "an oversized or hostile model: give it fewer inputs at a time (batch size) or more memory"
+                    ) from exc
                 raise ShapeMismatchError(
                     f"{self.description} cannot take inputs of shape {tuple(x.shape[1:])}: {str(exc).splitlines()[0]}"
                 ) from exc

@@ -1,10 +1,13 @@
 """Protected serving vs the same model behind a bare FastAPI endpoint, loopback, side by side.
 
-    python bench/serving.py [--models toy,mid,large] [--rounds 5] [--seconds 10] [--batch 1] [--connections 1,4] [--sustained 60]
+    python bench/serving.py [--models toy,mid,large] [--resnet] [--rounds 5] [--seconds 10] [--batch 1] [--connections 1,4]
+                            [--sustained 60] [--quick]
 
 Three models: *toy*, the digits small CNN (1×8×8 input, ~0.06 ms a forward pass), where fixed
 per-request costs dominate; *mid*, a 1.7M-parameter CNN on 1×28×28 input (~1.2 ms); and *large*,
-a 7.5M-parameter CNN on the same input (~5 ms). Three servers per model: *bare*, the model behind a plain
+a 7.5M-parameter CNN on the same input (~5 ms); ``--resnet`` adds *resnet*, the built-in CIFAR-style
+ResNet-18 (11M parameters) on 3×32×32 input (~12 ms), sent as ``.npy`` bodies (``application/x-npy``) rather than
+JSON. ``--quick`` is a smoke run (1 round of 3 s, no sustained run). Three servers per model: *bare*, the model behind a plain
 FastAPI endpoint (what a team would otherwise deploy; the issue's bar is against it); *lean*, the same work
 behind tracemark's own ASGI predict endpoint with no protection (so protected ÷ lean is the cost of the
 protection alone); and *protected*, ``tracemark.serve``. Each
@@ -44,7 +47,9 @@ START, END = "<!-- serving:start -->", "<!-- serving:end -->"
 
 
 # ----------------------------------------------------------------------------- servers
-MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28), "large": (1, 28, 28)}
+MODELS = {"toy": (1, 8, 8), "mid": (1, 28, 28), "large": (1, 28, 28), "resnet": (3, 32, 32)}
+NPY_MODELS = {"resnet"}
+"""Models whose requests are raw tensor bodies (a float32 .npy file) instead of JSON."""
 KINDS = ("bare", "lean", "protected")
 
 
@@ -56,6 +61,8 @@ def _model(size: str):
 
     if size == "toy":
         return tm.build_model("small_cnn", MODELS["toy"], 10, seed=0).eval()
+    if size == "resnet":
+        return tm.build_model("resnet18", MODELS["resnet"], 10, seed=0).eval()
     if size == "large":
         return nn.Sequential(
             nn.Conv2d(1, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -70,7 +77,9 @@ def _model(size: str):
 
 
 def _bare_work(size: str):
-    """Parse, infer, answer labels: the unprotected work of one request."""
+    """Parse (JSON, or a .npy body with numpy's own reader), infer, answer labels: the unprotected work of one request."""
+    import io
+
     import numpy as np
 
     from tracemark.serve.model import from_module
@@ -78,7 +87,10 @@ def _bare_work(size: str):
     served = from_module(_model(size), input_shape=MODELS[size])
 
     def work(body: bytes) -> dict:
-        x = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
+        if size in NPY_MODELS:
+            x = np.ascontiguousarray(np.load(io.BytesIO(body), allow_pickle=False), dtype=np.float32)
+        else:
+            x = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
         return {"labels": served.probabilities(x).argmax(axis=1).tolist()}
 
     return work
@@ -103,7 +115,7 @@ def lean_app(size: str):
     from tracemark.serve.metrics import Metrics
 
     work = _bare_work(size)
-    return PredictEndpoint(lambda _token: None, lambda _client, body: work(body), Metrics(), predict_pool())
+    return PredictEndpoint(lambda _headers: None, lambda _client, body: work(body), Metrics(), predict_pool())
 
 
 def protected_app(workdir: str, size: str):
@@ -150,10 +162,30 @@ def _seconds(value: str) -> float:
     return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
-def wrk(url: str, body: str, token: str | None, seconds: int, connections: int, workdir: str) -> dict:
-    script = Path(workdir) / "post.lua"
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+def content_type(size: str) -> str:
+    return "application/x-npy" if size in NPY_MODELS else "application/json"
+
+
+def request_body(size: str, batch: int, rng) -> bytes:
+    """The benchmark's request for ``size``: ``batch`` random inputs as JSON, or as a float32 .npy file."""
+    import io
+
+    import numpy as np
+
+    x = rng.random((batch, *MODELS[size]))
+    if size not in NPY_MODELS:
+        return json.dumps({"inputs": x.round(4).tolist()}).encode()
+    buffer = io.BytesIO()
+    np.save(buffer, x.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def wrk(url: str, body: bytes, token: str | None, seconds: int, connections: int, workdir: str,
+        kind: str = "application/json") -> dict:
+    script, payload = Path(workdir) / "post.lua", Path(workdir) / "body.bin"
+    payload.write_bytes(body)
+    headers = {"Content-Type": kind, **({"Authorization": f"Bearer {token}"} if token else {})}
+    lines = ['wrk.method = "POST"', f'local f = assert(io.open({json.dumps(str(payload))}, "rb"))', "wrk.body = f:read(\"*a\")", "f:close()"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/v1/predict"],
@@ -182,7 +214,9 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="toy")
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir")
-    parser.add_argument("--models", default="toy,mid,large", help="Comma-separated models to compare (toy, mid, large).")
+    parser.add_argument("--models", default="toy,mid,large", help="Comma-separated models to compare (toy, mid, large, resnet).")
+    parser.add_argument("--resnet", action="store_true", help="Also compare the built-in ResNet-18 (3×32×32) with .npy bodies.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: 1 round of 3 s, no sustained run.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
@@ -190,6 +224,10 @@ def main() -> None:
     parser.add_argument("--sustained", type=int, default=60, help="Seconds of the final sustained run (0: skip it).")
     parser.add_argument("--write", action="store_true", help="Write the table into docs/benchmarks.md.")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.sustained = 1, 3, 0
+    if args.resnet and "resnet" not in args.models.split(","):
+        args.models = f"{args.models},resnet".strip(",")
     if args.sustained < 0:
         parser.error("--sustained must be 0 (skip the sustained run) or a number of seconds")
     if args.serve:
@@ -203,6 +241,9 @@ def main() -> None:
 
     args.load_at_start = os.getloadavg()[0]
     sizes = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(sizes) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     conns = [int(c) for c in args.connections.split(",") if c]
     root = tempfile.mkdtemp(prefix="tracemark-bench-")
     dirs = {size: Path(root, size) for size in sizes}
@@ -210,7 +251,7 @@ def main() -> None:
         d.mkdir()
     tokens = {size: ClientStore(dirs[size] / "clients.sqlite").add("bench").token for size in sizes}
     rng = np.random.default_rng(0)
-    bodies = {size: json.dumps({"inputs": rng.random((args.batch, *MODELS[size])).round(4).tolist()}) for size in sizes}
+    bodies = {size: request_body(size, args.batch, rng) for size in sizes}
     servers = {(kind, size): start(kind, size, str(dirs[size])) for size in sizes for kind in KINDS}
     try:
         rows: dict[tuple[str, str, int], list[dict]] = {(kind, size, c): [] for kind, size in servers for c in conns}
@@ -219,12 +260,13 @@ def main() -> None:
                 for c in conns:
                     for kind in KINDS[r % 3:] + KINDS[:r % 3]:
                         token = tokens[size] if kind == "protected" else None
-                        rows[kind, size, c].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, c, root))
+                        rows[kind, size, c].append(wrk(servers[kind, size][1], bodies[size], token, args.seconds, c, root,
+                                                       content_type(size)))
         sustained: dict | str = "skipped (`--sustained 0`)"
         if args.sustained > 0:
             try:
                 sustained = sustained_run(args, servers["protected", sizes[0]][1], dirs[sizes[0]], bodies[sizes[0]],
-                                          tokens[sizes[0]], max(conns), root)
+                                          tokens[sizes[0]], max(conns), root, content_type(sizes[0]))
             except Exception as exc:  # noqa: BLE001 -- the comparison's results are kept whatever the sustained run hit
                 sustained = f"FAILED ({type(exc).__name__}: {exc})"
     finally:
@@ -241,14 +283,14 @@ def main() -> None:
         doc.write_text(text)
 
 
-def sustained_run(args, url: str, workdir: Path, body: str, token: str, connections: int, root: str) -> dict:
+def sustained_run(args, url: str, workdir: Path, body: bytes, token: str, connections: int, root: str, kind: str) -> dict:
     """wrk for ``--sustained`` seconds against the protected server; its audit rows and answered-query count beside."""
     from tracemark.serve import AuditLog
 
     audit = AuditLog(workdir / "audit.sqlite")
     time.sleep(0.5)  # a live server's rows reach the table within its journal interval (0.1 s)
     before = audit.count()
-    result = wrk(url, body, token, args.sustained, connections, root)
+    result = wrk(url, body, token, args.sustained, connections, root, kind)
     time.sleep(0.5)
     metrics = httpx.get(f"{url}/metrics").text
     # per client with the admin token, one sum without it: either way the total
@@ -271,7 +313,8 @@ def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, 
     errors = sum(r["non2xx"] + r["socket_errors"] for runs in rows.values() for r in runs)
     described = {"toy": "toy: digits small CNN, 1×8×8, ~0.06 ms a forward pass",
                  "mid": "mid: 1.7M-parameter CNN, 1×28×28, ~1.2 ms a forward pass",
-                 "large": "large: 7.5M-parameter CNN, 1×28×28, ~5 ms a forward pass"}
+                 "large": "large: 7.5M-parameter CNN, 1×28×28, ~5 ms a forward pass",
+                 "resnet": "resnet: ResNet-18 (11M parameters), 3×32×32, ~12 ms a forward pass, .npy bodies"}
     lines = [
         "## Protected serving (capability 8)",
         "",
@@ -280,6 +323,7 @@ def report(args, sizes: list[str], conns: list[int], rows: dict[tuple[str, str, 
         f"(1-minute load average {args.load_at_start:.1f} at the start); date: {date.today().isoformat()}; Python {platform.python_version()}.",
         "",
         f"`wrk -t1` with {' and '.join(map(str, conns))} connection(s) over loopback, POST of a batch of {args.batch} input(s) as JSON "
+        "(resnet: as a float32 .npy file, `Content-Type: application/x-npy`, which the bare server reads with `np.load`) "
         "(one uvicorn worker, one torch thread per server). *Bare*: the same model behind a plain FastAPI endpoint (parse, "
         "infer, labels), what a team would otherwise deploy. *Lean*: the same work behind tracemark's plain ASGI predict "
         "endpoint, with no protection at all. *Protected*: `tracemark.serve` — API key check (cached, revocations seen on the next "

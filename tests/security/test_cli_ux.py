@@ -164,7 +164,7 @@ def test_bench_serving_sustained_zero_keeps_the_comparison(monkeypatch: pytest.M
     spec.loader.exec_module(bench)  # type: ignore[union-attr]
     process = SimpleNamespace(terminate=lambda: None, wait=lambda timeout=None: 0)
     monkeypatch.setattr(bench, "start", lambda kind, size, directory: (process, f"http://127.0.0.1:1/{kind}"))
-    monkeypatch.setattr(bench, "wrk", lambda url, body, token, seconds, connections, workdir: {
+    monkeypatch.setattr(bench, "wrk", lambda url, body, token, seconds, connections, workdir, *content_type: {
         "p50": 0.001, "p99": 0.002, "rps": 900.0, "requests": 9000, "non2xx": 0, "socket_errors": 0})
     monkeypatch.setattr(bench.shutil, "which", lambda name: "/usr/bin/wrk")
     monkeypatch.setattr(sys, "argv", ["serving.py", "--models", "toy", "--rounds", "1", "--seconds", "1", "--connections", "1",

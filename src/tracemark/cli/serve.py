@@ -106,6 +106,8 @@ def serve(
     retention_days: float = typer.Option(90.0, help="Keep audit rows this many days (0: forever)."),
     audit_sync: str = typer.Option("NORMAL", help="Audit durability: NORMAL (survives a crash) or FULL (also power loss)."),
     threads: Optional[int] = typer.Option(None, help="torch threads per worker."),
+    device: str = typer.Option("auto", help="Where the model runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N; "
+                                            "ONNX on CUDA needs onnxruntime's CUDA provider (onnxruntime-gpu)."),
     predict_threads: Optional[int] = typer.Option(None, help="Requests each worker answers at once (default: its CPUs ÷ "
                                                              "torch threads; more wait their turn)."),
     passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="Package passphrase from this environment variable."),
@@ -164,7 +166,7 @@ def serve(
                                 coverage_tv=monitor_coverage or None, throttle_rate=throttle_rate) if monitor else None,
         header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections,
         max_image_pixels=max_image_pixels, max_request_pixels=max(max_image_pixels, ServeConfig.max_request_pixels),
-        admin_token_env=admin_token_env,
+        admin_token_env=admin_token_env, device=device,
     )
     config.admin_token()  # fail here, once, on an unset or short admin token
     if marking:
@@ -173,7 +175,7 @@ def serve(
         MarkingSecret.resolve(config.marking_secret)  # fail here, once, rather than in every worker
     with signer_warnings():
         served = config.load_model()  # fail here, once, rather than in every worker
-    _announce(config, served.model_id)
+    _announce(config, served.model_id, served.device)
     if workers == 1:
         uvicorn.run(create_app(served, config), host=host, port=port, log_level=log_level, **uvicorn_options(config))
         return
@@ -183,10 +185,10 @@ def serve(
                 log_level=log_level, **uvicorn_options(config))
 
 
-def _announce(config, model_id: str) -> None:
+def _announce(config, model_id: str, device: str) -> None:
     from tracemark.serve.clients import ClientStore
 
-    error_console.print(f"serving {model_id} on http://{config.host}:{config.port} ({config.workers} worker(s)); "
+    error_console.print(f"serving {model_id} on http://{config.host}:{config.port} ({config.workers} worker(s), {device}); "
                         f"clients {config.clients_db}, audit {config.audit_db}", highlight=False)
     try:
         loopback = ipaddress.ip_address(config.host).is_loopback

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "ServeError": "tracemark.serve.errors",
     "UnknownApiKeyError": "tracemark.serve.errors",
     "UnknownClientError": "tracemark.serve.errors",
+    "UnsupportedMediaTypeError": "tracemark.serve.errors",
     "AnswerHook": "tracemark.serve.hooks",
     "ServedModel": "tracemark.serve.model",
     "from_file": "tracemark.serve.model",

@@ -1,7 +1,8 @@
 """The FastAPI application: authenticated, rate-limited, size- and shape-checked, policy-limited, audited.
 
 ``create_app(model, config)`` builds it; ``app_from_env()`` is the factory uvicorn workers call.
-Routes: ``POST /v1/predict`` (JSON batch; a plain ASGI endpoint, :mod:`~tracemark.serve.endpoint`), ``POST /v1/predict/image`` (multipart upload),
+Routes: ``POST /v1/predict`` (a JSON, ``.npy`` or raw-bytes batch; a plain ASGI endpoint, :mod:`~tracemark.serve.endpoint`),
+``POST /v1/predict/image`` (multipart upload),
 ``GET /v1/model`` (public description), ``GET /healthz``, ``GET /metrics`` (detail for the admin token only),
 ``/docs`` and ``/redoc`` (assets served locally), ``/openapi.json``.
 
@@ -43,9 +44,28 @@ from tracemark.serve.metrics import CONTENT_TYPE, Metrics
 from tracemark.serve.model import ServedModel
 from tracemark.serve.policy import effective_policy, render
 from tracemark.serve.ratelimit import Allowance, Limiter, MemoryLimiter, SqliteLimiter, check_cost
-from tracemark.serve.validation import InputSpec, check_batch_size, decode_images, parse_json_inputs
-from tracemark.trust.requests import COUNT_JSON_ABOVE, ImageBounds, count_json_inputs, count_multipart_parts, multipart_boundary
+from tracemark.serve.validation import (BODY_TYPES, InputSpec, TensorHead, body_kind, check_batch_size, decode_images, npy_head,
+                                        parse_json_inputs, raw_head, tensor_inputs)
+from tracemark.trust.requests import COUNT_JSON_ABOVE, TENSOR_DTYPES, ImageBounds, count_json_inputs, count_multipart_parts, multipart_boundary
 from tracemark.targets.base import Answers
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in headers if key == name), None)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A predict request let in before its body is read: its client, body kind (``json``, ``npy``, ``raw``), the queries
+    charged so far and, for a raw body, the tensor its headers describe."""
+
+    client: Client
+    kind: str = "json"
+    charged: int = 1
+    head: TensorHead | None = None
+
 
 class RequestIds:
     """Request ids unique across a server's workers and restarts: a random 48-bit prefix per instance, then a counter
@@ -142,6 +162,27 @@ class Server:
         self.metrics.count("tracemark_queries_answered_total", len(x), client=client.name)
         return {"request_id": request_id, "model": self.model.model_id, "policy": policy.to_dict(), **body}
 
+    def admit_predict(self, headers: Headers) -> Admitted:
+        """Before a ``POST /v1/predict`` body is read: :meth:`admit_head`, then its ``Content-Type`` (415 if not read here);
+        a raw body's shape and dtype come from its headers, so its whole input count is charged now."""
+        client = self.admit_head(api_token(headers))
+        kind = body_kind(_header(headers, b"content-type"))
+        if kind != "raw":
+            return Admitted(client, kind)
+        head = raw_head(_header(headers, b"x-tracemark-shape"), _header(headers, b"x-tracemark-dtype"))
+        return Admitted(client, kind, self.admit(client, head.count), head)
+
+    def predict(self, admitted: Admitted, body: bytes) -> dict[str, Any]:
+        """Answer an admitted ``POST /v1/predict``: a JSON body by :meth:`predict_json`; a ``.npy`` one has its input count
+        (from its header) charged before its values are read; then the tensor is checked and answered."""
+        if admitted.kind == "json":
+            return self.predict_json(admitted.client, body)
+        head, charged = admitted.head, admitted.charged
+        if head is None:
+            head = npy_head(body)
+            charged = self.admit(admitted.client, head.count)
+        return self.answer(admitted.client, tensor_inputs(body, head, self.spec), charged)
+
     def predict_json(self, client: Client, body: bytes) -> dict[str, Any]:
         """One ``POST /v1/predict`` of an admitted client: charge the inputs counted in the raw ``body``, then parse
         and check it, and answer it."""
@@ -188,15 +229,24 @@ _ANSWER = {
     },
 }
 _ERROR = {"type": "object", "properties": {"detail": {"type": "string"}}}
+_TENSOR_NOTE = ("shape (N, C, H, W) or (N, C*H*W); float32, float16, float64, or uint8 (0..255 pixels, scaled to [0, 1]); "
+                "values then checked like JSON ones")
+_NPY_BODY = {"type": "string", "format": "binary", "description": f"A .npy file (numpy.save, format 1.0 or 2.0) of {_TENSOR_NOTE}; "
+             "object arrays are refused."}
+_RAW_BODY = {"type": "string", "format": "binary", "description": "Raw little-endian values in C order, described by the "
+             "headers X-Tracemark-Shape: N,C,H,W (or N,C*H*W) and X-Tracemark-Dtype: float32 (default), float16, float64 or "
+             f"uint8; {_TENSOR_NOTE}; the body is exactly N*C*H*W*itemsize bytes."}
 
 
-def _predict_docs(body_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _predict_docs(bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     refusals = {"401": "no or unknown API key", "403": "revoked API key", "413": "body too large",
+                **({"415": "Content-Type not read here"} if len(bodies) > 1 else {}),
                 "422": "malformed input (the message names the problem)", "429": "rate limit; see Retry-After",
                 "503": "licence expired or audit log unavailable"}
     responses: dict[str, Any] = {"200": {"description": "answers", "content": {"application/json": {"schema": _ANSWER}}}}
     responses.update({code: {"description": text, "content": {"application/json": {"schema": _ERROR}}} for code, text in refusals.items()})
-    return {"requestBody": {"required": True, "content": {body_type: {"schema": schema}}}, "responses": responses,
+    return {"requestBody": {"required": True, "content": {kind: {"schema": schema} for kind, schema in bodies.items()}},
+            "responses": responses,
             "security": [{"bearer": []}, {"apiKey": []}]}
 
 
@@ -204,8 +254,9 @@ def _predict_operation(spec: InputSpec) -> dict[str, Any]:
     """The OpenAPI operation of ``POST /v1/predict`` (served by :class:`~tracemark.serve.endpoint.PredictEndpoint`,
     not a FastAPI route)."""
     return {"summary": "Predict", "operationId": "predict_v1_predict_post",
-            "description": "Classify a batch of inputs sent as JSON ``{\"inputs\": [...]}``.",
-            **_predict_docs("application/json", _json_body(spec))}
+            "description": "Classify a batch of inputs sent as JSON ``{\"inputs\": [...]}``, as a .npy file "
+                           "(``application/x-npy``), or as raw bytes (``application/octet-stream`` with ``X-Tracemark-Shape``).",
+            **_predict_docs({"application/json": _json_body(spec), "application/x-npy": _NPY_BODY, "application/octet-stream": _RAW_BODY})}
 
 
 def _extraction_hook(config: ServeConfig) -> AnswerHook | None:
@@ -272,7 +323,7 @@ def create_app(
     async def serve_error(_: Request, exc: ServeError) -> JSONResponse:
         return error_response(exc, metrics)
 
-    @app.post("/v1/predict/image", openapi_extra=_predict_docs("multipart/form-data", _IMAGE_BODY), response_class=JSONResponse)
+    @app.post("/v1/predict/image", openapi_extra=_predict_docs({"multipart/form-data": _IMAGE_BODY}), response_class=JSONResponse)
     async def predict_image(request: Request) -> Response:
         """Classify uploaded images (multipart field ``image``, repeatable), resized to the model's input."""
         try:
@@ -307,6 +358,7 @@ def create_app(
         """Public description of the served model: shape, classes, limits. No weights, no keys."""
         default = server.default_policy or server.ceiling or OutputPolicy("label")
         return {**model.describe(), **server.spec.to_dict(), "max_body_bytes": config.max_body_bytes,
+                "content_types": list(BODY_TYPES), "tensor_dtypes": list(TENSOR_DTYPES),
                 "default_output": default.to_dict(), "query": "one input of a batch (rate limits and audit count queries)"}
 
     @app.get("/healthz")
@@ -347,7 +399,7 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     add_offline_docs(app)
     app.add_middleware(Guard, max_bytes=config.max_body_bytes, metrics=metrics)
-    app.predict = Guard(PredictEndpoint(server.admit_head, server.predict_json, metrics, pool), config.max_body_bytes, metrics)
+    app.predict = Guard(PredictEndpoint(server.admit_predict, server.predict, metrics, pool), config.max_body_bytes, metrics)
     return app
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from tracemark.extraction.settings import DEFAULT_CAP, DEFAULT_RATE, MonitorSettings
 from tracemark.package.licence import OutputPolicy
 from tracemark.serve.errors import ServeConfigError
-from tracemark.serve.model import ServedModel, from_file, from_package, is_package
+from tracemark.serve.model import AUTO, ServedModel, from_file, from_package, is_package
 from tracemark.trust.requests import ImageBounds
 
 ENV_CONFIG = "TRACEMARK_SERVE_CONFIG"
@@ -75,6 +75,9 @@ class ServeConfig:
     bounded by ``max_image_pixels`` each and ``max_request_pixels`` per request. ``admin_token_env`` names the
     environment variable holding the token of ``GET /metrics`` (default ``$TRACEMARK_ADMIN_TOKEN``; without one,
     /metrics shows only aggregate counters).
+
+    ``device``: where the model runs: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; an ONNX
+    model on CUDA needs onnxruntime's CUDA provider (see :func:`~tracemark.serve.model.onnx_providers`).
     """
 
     model: str
@@ -110,6 +113,7 @@ class ServeConfig:
     max_image_pixels: int = ImageBounds.max_pixels
     max_request_pixels: int = ImageBounds.max_request_pixels
     admin_token_env: str | None = None
+    device: str = AUTO
 
     def __post_init__(self) -> None:
         if not (0 < self.header_timeout <= 3600 and 0 < self.body_timeout <= 3600) or self.max_connections < 1:
@@ -179,8 +183,8 @@ class ServeConfig:
             raise ServeConfigError(f"no model or package at {path}")
         if is_package(path):
             return from_package(path, self.unlock.unlockers(), self.unlock.vendor_pub, self.input_shape,
-                                trust_any_signer=self.unlock.trust_any_signer)
-        return from_file(path, self.input_shape)
+                                trust_any_signer=self.unlock.trust_any_signer, device=self.device)
+        return from_file(path, self.input_shape, self.device)
 
 
 __all__ = ["ServeConfig", "UnlockSpec", "ENV_ADMIN_TOKEN", "ENV_CONFIG"]

@@ -37,10 +37,11 @@ ROUTES = (PREDICT_PATH, "/v1/predict/image", "/v1/model", "/healthz", "/metrics"
 """Paths /metrics reports by name (any other path is counted as ``other``)."""
 
 LOG = logging.getLogger("tracemark.serve")
-Admit = Callable[[str | None], Any]
-"""Admits a request from its API key (or ``None``) before its body is read: returns the client or raises :class:`ServeError`."""
+Admit = Callable[[list[tuple[bytes, bytes]]], Any]
+"""Admits a request from its headers (API key, content type) before its body is read: returns what ``work`` needs to
+answer it (the client, the body's kind) or raises :class:`ServeError`."""
 PredictWork = Callable[[Any, bytes], dict[str, Any]]
-"""Answers one admitted predict request from its client and raw JSON body; raises :class:`ServeError`."""
+"""Answers one admitted predict request from what ``admit`` returned and its raw body; raises :class:`ServeError`."""
 
 
 def default_predict_threads(threads_per_call: int = 1) -> int:
@@ -130,7 +131,7 @@ async def _send_json(send: Send, status: int, content: Any, headers: tuple[tuple
 
 
 class PredictEndpoint:
-    """``POST /v1/predict``: ``admit`` the request from its key (on the event loop, before the body is read), read the
+    """``POST /v1/predict``: ``admit`` the request from its headers (on the event loop, before the body is read), read the
     body, answer it with ``work`` on one of ``pool``'s threads (the model must not stall the event loop), send the JSON
     answer or the refusal; other methods get 405, an unexpected error 500 (logged)."""
 
@@ -142,7 +143,7 @@ class PredictEndpoint:
             await _send_json(send, 405, {"detail": "Method Not Allowed"}, ((b"allow", b"POST"),))
             return
         try:
-            client = self.admit(api_token(scope["headers"]))
+            client = self.admit(scope["headers"])
         except ServeError as exc:
             large = body_too_large_to_drain(scope["headers"])
             if not large:

@@ -67,6 +67,12 @@ class InvalidInputError(ServeError, ShapeMismatchError):
     status = 422
 
 
+class UnsupportedMediaTypeError(ServeError):
+    """The request body's ``Content-Type`` is not one the route reads."""
+
+    status = 415
+
+
 class LicenceExpiredError(ServeError):
     """The served package's licence has run out; the server no longer answers."""
 
@@ -96,6 +102,7 @@ __all__ = [
     "ImageTooLargeError",
     "AdminTokenError",
     "InvalidInputError",
+    "UnsupportedMediaTypeError",
     "LicenceExpiredError",
     "AuditWriteError",
     "UnknownClientError",

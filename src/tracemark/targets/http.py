@@ -1,6 +1,7 @@
 """A remote HTTP prediction API as a :class:`~tracemark.targets.base.Target`.
 
-:class:`HttpTarget` posts inputs as JSON, in batches, and reads labels (and, when the API
+:class:`HttpTarget` posts inputs as JSON (or, with ``encoding="npy"``, as a ``.npy`` file: float32, a fraction
+of JSON's size and parse time for large inputs), in batches, and reads labels (and, when the API
 gives them, probabilities) back out of the JSON answer. It retries transient failures with
 exponential back-off, honours ``Retry-After``, keeps to a query budget and a request rate,
 and records every request attempt in a transcript that can be saved as evidence. A host name that
@@ -10,6 +11,7 @@ does not resolve, or a port that refuses connections, fails at once (no retries)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
@@ -40,6 +42,9 @@ INPUTS_FLAT = "{{inputs_flat}}"
 DEFAULT_TEMPLATE: Mapping[str, Any] = {"inputs": INPUTS}
 MAX_RETRY_AFTER_S = 60.0
 """Longest ``Retry-After`` wait honoured; longer requests are cut to this."""
+ENCODINGS = ("json", "npy")
+"""Request body encodings: ``json`` (the request template) or ``npy`` (the batch as a float32 .npy file)."""
+NPY_CONTENT_TYPE = "application/x-npy"
 TRANSCRIPT_FORMAT = "tracemark-http-transcript"
 _BODY_SNIPPET = 200
 
@@ -76,6 +81,9 @@ class HttpTarget(Target):
     ``probabilities_field`` optionally names a separate list of score vectors. Score vectors
     that are not already probabilities (non-negative, rows summing to 1) are softmaxed.
 
+    ``encoding="npy"`` sends each batch as a ``.npy`` file (little-endian float32, ``Content-Type: application/x-npy``)
+    instead of the template, for servers that read it (``tracemark serve`` does); use it for large inputs.
+
     ``max_queries`` counts inputs sent, retries included; ``rate`` is in requests per second.
     """
 
@@ -99,7 +107,12 @@ class HttpTarget(Target):
         num_classes: int | None = None,
         input_shape: tuple[int, ...] | None = None,
         client: httpx.Client | None = None,
+        encoding: str = "json",
     ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+        if encoding != "json" and request_template is not None:
+            raise ValueError(f"request_template shapes JSON bodies; encoding={encoding!r} sends the batch itself")
         template = DEFAULT_TEMPLATE if request_template is None else request_template
         if not _has_placeholder(template):
             raise ValueError(f"request_template must contain {INPUTS!r} or {INPUTS_FLAT!r}")
@@ -115,7 +128,8 @@ class HttpTarget(Target):
             raise TargetUnreachableError(f"{url!r} is not an http:// or https:// URL with a host")
         self.url = url
         self.description = f"HTTP target {_redact(url)}"
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.encoding = encoding
+        self.headers = {"Content-Type": "application/json" if encoding == "json" else NPY_CONTENT_TYPE, **(headers or {})}
         if api_key is not None:
             self.headers[api_key_header] = f"{api_key_prefix}{api_key}"
         self.request_template = template
@@ -142,7 +156,7 @@ class HttpTarget(Target):
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise ShapeMismatchError(f"{self.description}: expects inputs {self.input_shape}, got {x.shape[1:]}")
         if not np.isfinite(x).all():
-            raise ValueError("inputs contain NaN or infinity, which JSON cannot carry")
+            raise ValueError("inputs contain NaN or infinity" + (", which JSON cannot carry" if self.encoding == "json" else ""))
         self._check_budget(len(x))
         labels: list[np.ndarray] = []
         probs: list[np.ndarray | None] = []
@@ -167,7 +181,8 @@ class HttpTarget(Target):
             "version": 1,
             "url": _redact(self.url),
             "input_hash": "sha256 of little-endian float32 bytes of the batch, C order",
-            "request_template": self.request_template,
+            "request_template": self.request_template if self.encoding == "json" else None,
+            "encoding": self.encoding,
             "response_field": self.response_field,
             "probabilities_field": self.probabilities_field,
             "queries_used": self.queries_used,
@@ -205,7 +220,7 @@ class HttpTarget(Target):
         """Send one batch, retrying transient failures; parse and return its answers."""
         batch_index = self._batches_sent
         self._batches_sent += 1
-        body = json.dumps(_fill(self.request_template, batch), allow_nan=False).encode("utf-8")
+        body = _npy(batch) if self.encoding == "npy" else json.dumps(_fill(self.request_template, batch), allow_nan=False).encode("utf-8")
         sent = {
             "batch_index": batch_index,
             "n_inputs": len(batch),
@@ -345,6 +360,13 @@ def _fill(template: Any, batch: np.ndarray) -> Any:
     return template
 
 
+def _npy(batch: np.ndarray) -> bytes:
+    """``batch`` as the bytes of a .npy file of little-endian float32 (what :func:`inputs_sha256` hashes)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(batch, dtype="<f4"), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _field(payload: Any, path: str, where: str) -> Any:
     """Follow a dotted path (digits index lists) into a JSON value."""
     value = payload
@@ -434,4 +456,4 @@ def _redact(url: str) -> str:
     return str(parsed.copy_with(userinfo=b"", query=query.encode() or None))
 
 
-__all__ = ["HttpTarget", "QueryRecord", "inputs_sha256", "INPUTS", "INPUTS_FLAT", "DEFAULT_TEMPLATE"]
+__all__ = ["HttpTarget", "QueryRecord", "inputs_sha256", "INPUTS", "INPUTS_FLAT", "DEFAULT_TEMPLATE", "ENCODINGS"]

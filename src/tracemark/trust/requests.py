@@ -3,8 +3,10 @@
 The prediction server (:mod:`tracemark.serve`) admits a request in this order, each step cheaper than
 the next: the body size (``Content-Length`` and the bytes as they arrive), the API key, then the
 client's rate limit charged with the number of inputs counted *from the raw bytes*
-(:func:`count_json_inputs`, :func:`count_multipart_parts`), and only then parsing and decoding.
-Images are bounded by :class:`ImageBounds`, read from each image's header before any pixel is decoded.
+(:func:`count_json_inputs`, :func:`count_multipart_parts`; a raw tensor body's count is the first dimension of
+its shape, from the ``X-Tracemark-Shape`` header or a ``.npy`` header of at most :data:`NPY_MAX_HEADER` bytes),
+and only then parsing and decoding. Images are bounded by :class:`ImageBounds`, read from each image's header
+before any pixel is decoded; raw tensors by :data:`TENSOR_DTYPES` (never an object array, so never a pickle).
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ COUNT_JSON_ABOVE = 16 << 10
 to parse than a count saves, and its exact count is charged once it is parsed."""
 
 
+NPY_MAX_HEADER = 1024
+"""Longest ``.npy`` header read from a request (bytes; numpy's own bound is 10,000). A batch's shape and dtype take
+under 128; the header is parsed (``ast.literal_eval``) only once its length is checked."""
+TENSOR_DTYPES = ("float32", "float16", "float64", "uint8")
+"""The element types a raw tensor body may hold (any byte order in a ``.npy``; little-endian in an octet stream)."""
+MAX_SHAPE_HEADER = 128
+"""Longest ``X-Tracemark-Shape`` header read (characters)."""
+
+
 def count_json_inputs(body: bytes) -> int:
     """How many inputs a ``{"inputs": [...]}`` body holds, counted without parsing it: the arrays or objects
     opened at nesting depth 3 (object, ``inputs`` list, one input). Brackets inside strings can make it
@@ -69,4 +80,4 @@ def count_multipart_parts(body: bytes, boundary: bytes) -> int:
     return max(0, body.count(b"--" + boundary) - 1)
 
 
-__all__ = ["COUNT_JSON_ABOVE", "ImageBounds", "count_json_inputs", "count_multipart_parts", "multipart_boundary"]
+__all__ = ["COUNT_JSON_ABOVE", "MAX_SHAPE_HEADER", "NPY_MAX_HEADER", "TENSOR_DTYPES", "ImageBounds", "count_json_inputs", "count_multipart_parts", "multipart_boundary"]

@@ -108,3 +108,16 @@ def test_trace_and_responses_check_build_the_suspect_with_arch(workdir, capsys, 
     line = cli_error(capsys, monkeypatch, *command, *key, "--arch", "tests.user_models:wide_residual",
                      "--model", str(workdir / "w.safetensors"))
     assert "WeightsMismatchError" in line and "missing keys" in line, line
+
+
+def test_verify_reference_built_by_its_factory(workdir):
+    """``--reference-arch`` builds each ``--reference`` from its factory and plain weights: a marked model given as the
+    reference pushes the empirical null to its own match rate, so the marked suspect is no longer called a copy."""
+    k, w, m = (str(workdir / name) for name in ("k.key", "w.safetensors", "m.safetensors"))
+    if not (workdir / "m.safetensors").exists():
+        run("embed", "--arch", ARCH, "--model", w, "--key", k, "--data", "digits", "--out", m, "--lr", "2e-3",
+            "--max-clean-drop", "2", "--json")
+    r = run("verify", "--arch", ARCH, "--model", m, "--key", k, "--reference", m, "--reference-arch", ARCH, "--json")
+    doc = json.loads(r.output)
+    assert doc["null"]["source"] == "empirical" and doc["null"]["details"]["models"] == [m]
+    assert doc["null"]["details"]["matches_per_model"][0] >= 90 and doc["verdict"] != "copy"

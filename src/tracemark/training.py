@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -14,6 +15,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tracemark._progress import progress_bar
 from tracemark.data.batches import as_loader, batches, check_items, is_stream
 from tracemark.data.devices import model_device, placed
+from tracemark.errors import InvalidOptionError
+
+Precision = Optional[Literal["bf16", "fp16"]]
+PRECISIONS = (None, "bf16", "fp16")
 
 
 @dataclass
@@ -29,6 +34,37 @@ class FitReport:
 def to_tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
     """Wrap image and label arrays as a torch ``TensorDataset``."""
     return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+def mixed_precision(device: torch.device, precision: Precision
+                    ) -> tuple[Callable[[], AbstractContextManager], torch.amp.GradScaler | None]:
+    """The forward-pass context for ``precision`` on ``device`` and the gradient scaler it needs (fp16 only).
+
+    ``None``: full float32 (no autocast, no scaler). ``"bf16"``: ``torch.autocast`` to bfloat16, on CPU or CUDA.
+    ``"fp16"``: autocast to float16 with a ``GradScaler``, on CUDA only.
+    """
+    if precision not in PRECISIONS:
+        raise InvalidOptionError(f"precision {precision!r} is not one of None, 'bf16', 'fp16'")
+    if precision is None:
+        return nullcontext, None
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidOptionError(f"precision 'fp16' needs a CUDA device (training on {device}); use 'bf16' or None there")
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidOptionError(f"mixed precision runs on CPU or CUDA, not {device.type}; use precision=None there")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler
+
+
+def backward_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """``loss.backward()`` and an optimiser step, through ``scaler`` when one is given (fp16)."""
+    if scaler is None:
+        loss.backward()
+        optimiser.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
 
 
 def _steps_per_epoch(loader: DataLoader) -> int:
@@ -51,15 +87,19 @@ def fit(
     description: str = "training",
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    precision: Precision = None,
 ) -> FitReport:
     """Train ``model`` on ``dataset`` with Adam and cross-entropy; shuffling is seeded.
 
     ``dataset`` yields ``(x, y)``; a ``DataLoader`` is used as given (its own batch size,
     sampler and workers; ``seed`` then does not shuffle). The model is moved to ``device``
     (default: CUDA, else MPS, else CPU) to train, then moved back where it was.
+    ``precision``: ``None`` (float32), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a
+    gradient scaler) for the forward passes; the weights stay float32 (see :func:`mixed_precision`).
     """
     check_items(dataset)
     with placed(model, device) as dev:
+        autocast, scaler = mixed_precision(dev, precision)
         generator = torch.Generator().manual_seed(seed)
         loader = as_loader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, generator=generator)
         optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -72,9 +112,9 @@ def fit(
                 for xb, yb in loader:
                     xb, yb = xb.to(dev), yb.to(dev)
                     optimiser.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    optimiser.step()
+                    with autocast():
+                        loss = loss_fn(model(xb), yb)
+                    backward_step(loss, optimiser, scaler)
                     steps += 1
                     samples += len(xb)
                     advance()

@@ -75,11 +75,35 @@ def load_key(path: Path) -> WatermarkKey:
 
 DATA_SOURCES = ("digits (bundled), mnist or fashion-mnist (mnist.npz / fashion_mnist.npz read from $TRACEMARK_DATA_DIR, "
                 "else shared/data beside the checkout), or a path to an .npz")
+FOLDER_SOURCES = ("digits (bundled), mnist or fashion-mnist (mnist.npz / fashion_mnist.npz read from $TRACEMARK_DATA_DIR, "
+                  "else shared/data beside the checkout), a path to an .npz, or a folder read item by item: an image "
+                  "folder (one subfolder of PNG/JPEG images per class) or a memmap folder (images.npy + labels.npy)")
 
 
-def data_help(what: str) -> str:
-    """``--data`` help text: ``what`` the data is for, then where each name is read from."""
-    return f"{what}: {DATA_SOURCES}."
+def load_data(text: str, input_shape: tuple[int, int, int] | None = None):
+    """``--data``: a named set or an ``.npz`` as :class:`~tracemark.data.ImageData`, or a folder as an on-disk Dataset.
+
+    An existing directory is a memmap folder when it holds ``images.npy``, else an image folder, whose images
+    are resized to ``input_shape`` when given (else the first image's size and colour decide). The names
+    win over a folder of the same name in the current directory: write ``./mnist`` for that one.
+    """
+    from tracemark.data import load_dataset
+    from tracemark.data.ondisk import open_folder
+
+    from tracemark.errors import DatasetError
+
+    named = text.lower().replace("_", "-") in ("digits", "mnist", "fashion-mnist")
+    if not named and Path(text).is_dir():
+        return open_folder(text, input_shape)
+    if not named and not Path(text).exists() and Path(text).suffix != ".npz":
+        raise DatasetError(f"--data {text}: no such folder, and not digits, mnist, fashion-mnist or an .npz file")
+    return load_dataset(text)
+
+
+def data_help(what: str, folders: bool = False) -> str:
+    """``--data`` help text: ``what`` the data is for, then where each name is read from (``folders``: the verb
+    reads it with :func:`load_data`, which also takes image and memmap folders)."""
+    return f"{what}: {FOLDER_SOURCES if folders else DATA_SOURCES}."
 
 
 @contextmanager

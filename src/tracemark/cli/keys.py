@@ -17,7 +17,7 @@ key_app = typer.Typer(help="Create and inspect watermark keys.", no_args_is_help
 def new(
     out: Path = typer.Option(..., "--out", "-o", help="Key file to write."),
     kind: str = typer.Option("content", help="content | unrelated | noise | abstract"),
-    data: str = typer.Option("digits", help=data_help("Dataset the source images come from")),
+    data: str = typer.Option("digits", help=data_help("Dataset the source images come from", folders=True)),
     n_triggers: int = typer.Option(100, "--triggers", "-n", help="Number of trigger inputs."),
     labels: str = typer.Option("keyed", help="keyed (secret random label per trigger, exact null) | single (all -> --target)."),
     target: Optional[int] = typer.Option(None, help="Watermark class for --labels single."),
@@ -30,7 +30,8 @@ def new(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Make a new secret watermark key and write it to a file."""
-    from tracemark.data import load_dataset
+    from tracemark.cli._options import load_data
+    from tracemark.data import ImageData
     from tracemark.errors import InvalidOptionError
     from tracemark.keys import KINDS, WatermarkKey
 
@@ -43,15 +44,16 @@ def new(
     if labels == "single" and target is None:
         raise InvalidOptionError("--labels single needs --target CLASS: the class every trigger is labelled with")
     passphrase = read_passphrase(confirm=True) if encrypt else None  # before the work, so a missing one fails fast
-    dataset = load_dataset(data)
+    dataset = load_data(data)
     if target is not None and not 0 <= target < dataset.num_classes:
         raise InvalidOptionError(f"--target {target} is not a class of {dataset.name}; give 0 to {dataset.num_classes - 1}")
-    images = None if kind == "abstract" else dataset.x_train
+    in_memory = isinstance(dataset, ImageData)  # else an on-disk Dataset, which the key samples from
+    images = None if kind == "abstract" else (dataset.x_train if in_memory else dataset)
     try:
         key = WatermarkKey.generate(
             kind,
             images=images,
-            labels=None if images is None else dataset.y_train,
+            labels=dataset.y_train if images is not None and in_memory else None,
             num_classes=dataset.num_classes,
             input_shape=dataset.input_shape,
             n_triggers=n_triggers,

@@ -25,7 +25,7 @@ def default_epochs(n_train: int) -> int:
 
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
-    data: str = typer.Option("digits", help=data_help("Dataset")),
+    data: str = typer.Option("digits", help=data_help("Dataset", folders=True)),
     arch: str = typer.Option("small_cnn", help=opts.ARCH_HELP),
     input_shape: Optional[str] = opts.INPUT_SHAPE_OPT,
     classes: Optional[int] = opts.CLASSES_OPT,
@@ -37,15 +37,17 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Train a reference model, or your own (--arch package.module:factory), optionally marking it during training."""
-    from tracemark.data import load_dataset
+    from tracemark.data import ImageData
     from tracemark.embedding import TriggerMixDataset, assess
     from tracemark.training import accuracy, fit, to_tensor_dataset
 
-    dataset = load_dataset(data)
+    dataset = opts.load_data(data, opts.parse_input_shape(input_shape))
     built = arch_model(arch, None, input_shape, classes, default_shape=dataset.input_shape,
                        default_classes=dataset.num_classes, seed=seed)
     model = built.module
-    train_set = to_tensor_dataset(dataset.x_train, dataset.y_train)
+    # an on-disk folder has no test split: its accuracy below is on the training images
+    on_disk = not isinstance(dataset, ImageData)
+    train_set = dataset if on_disk else to_tensor_dataset(dataset.x_train, dataset.y_train)
     wm_key = load_key(key) if key else None
     if wm_key is not None:
         train_set = TriggerMixDataset(train_set, wm_key, ratio=ratio)
@@ -61,16 +63,17 @@ def train(
                         device=device)
         emit(result, as_json)
     else:
-        acc = accuracy(model, dataset.x_test, dataset.y_test, device=device)
-        emit({"model": str(out), "arch": arch, "test_accuracy": acc, "seconds": report.seconds} if as_json
-             else f"trained {arch} on {dataset.name}: test accuracy {acc:.2%} in {report.seconds:.1f} s -> {out}", as_json)
+        acc = accuracy(model, dataset, device=device) if on_disk else accuracy(model, dataset.x_test, dataset.y_test, device=device)
+        split = "training" if on_disk else "test"
+        emit({"model": str(out), "arch": arch, f"{split}_accuracy": acc, "seconds": report.seconds} if as_json
+             else f"trained {arch} on {dataset.name}: {split} accuracy {acc:.2%} in {report.seconds:.1f} s -> {out}", as_json)
 
 
 def embed(
     model: Path = typer.Option(..., help="Trained model (.safetensors written by tracemark; with --arch, its weights)."),
     key: Path = typer.Option(..., help="Watermark key file."),
     out: Path = typer.Option(..., "--out", "-o", help="Marked model file to write (.safetensors)."),
-    data: str = typer.Option("digits", help=data_help("Training data for the short fine-tuning")),
+    data: str = typer.Option("digits", help=data_help("Training data for the short fine-tuning", folders=True)),
     max_steps: int = typer.Option(2000, help="Upper bound on fine-tuning steps."),
     max_clean_drop: float = typer.Option(0.3, help="Allowed clean-accuracy drop, in points."),
     lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the fine-tuning (lower keeps clean accuracy, needs more steps)."),
@@ -84,7 +87,7 @@ def embed(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Embed a key into an already-trained model by short fine-tuning; exit 1 (nothing written) if it misses its goal."""
-    from tracemark.data import load_dataset, load_model
+    from tracemark.data import load_model
     from tracemark.embedding import embed as embed_key
 
     if lr <= 0 or max_steps < 1:
@@ -95,7 +98,7 @@ def embed(
         built = arch_model(arch, model, input_shape, classes, default_shape=wm_key.input_shape,
                            default_classes=wm_key.num_classes)
     net = built.module if built is not None else load_model(model)
-    report = embed_key(net, wm_key, load_dataset(data), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
+    report = embed_key(net, wm_key, opts.load_data(data, wm_key.input_shape), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
                        lr=lr, seed=seed, show_progress=not as_json, device=device)
     emit(report, as_json)
     if not report.reached_goal and not keep_failed:

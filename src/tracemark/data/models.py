@@ -96,17 +96,37 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def _resnet18(c: int, h: int, w: int, k: int) -> nn.Module:
-    """CIFAR-style ResNet-18: 3x3 stem (no max-pool), 4 stages of 2 blocks, global average pool, linear head."""
+def _resnet18(c: int, h: int, w: int, k: int, width: int = 64) -> nn.Module:
+    """CIFAR-style ResNet-18: 3x3 stem (no max-pool), 4 stages of 2 blocks, global average pool, linear head.
+
+    ``width`` is the first stage's channel count (stages have width, 2×, 4×, 8×); 64 is the standard one.
+    """
     if h < 8 or w < 8:
         raise ModelFileError(f"resnet18 needs inputs of at least 8x8 pixels, not {h}x{w}")
-    layers: list[nn.Module] = [nn.Conv2d(c, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    c_in = 64
-    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+    if width < 1:
+        raise ModelFileError(f"resnet18 width must be a positive channel count, not {width}")
+    layers: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    c_in = width
+    for c_out, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
         layers += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
         c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, k)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, k)]
     return nn.Sequential(*layers)
+
+
+def resnet18(input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10, *, width: int = 64,
+             seed: int | None = None) -> nn.Module:
+    """The built-in CIFAR-style ResNet-18 at a chosen base ``width`` (64: the same model as ``build_model("resnet18")``).
+
+    Only width 64 is a built-in architecture that :func:`save_model` records; save a narrower one as plain
+    weights (``tracemark.data.factories.save_weights``) and rebuild it with this function.
+    """
+    c, h, w = (int(d) for d in input_shape)
+    if seed is None:
+        return _resnet18(c, h, w, int(num_classes), width=int(width))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _resnet18(c, h, w, int(num_classes), width=int(width))
 
 
 ARCHITECTURES: dict[str, Callable[[int, int, int, int], nn.Module]] = {

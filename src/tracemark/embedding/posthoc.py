@@ -19,7 +19,7 @@ from tracemark.data.devices import placed
 from tracemark.embedding.report import EmbedReport
 from tracemark.errors import ClassCountMismatchError, DatasetItemError, ShapeMismatchError
 from tracemark.keys.key import WatermarkKey
-from tracemark.training import accuracy
+from tracemark.training import Precision, accuracy, backward_step, mixed_precision
 
 
 Validation = Union[tuple[np.ndarray, np.ndarray], Dataset, DataLoader]
@@ -128,6 +128,7 @@ def embed(
     show_progress: bool = False,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    precision: Precision = None,
 ) -> EmbedReport:
     """Fine-tune a trained ``model`` in place until it answers the key's triggers.
 
@@ -151,8 +152,11 @@ def embed(
     as a ``TensorDataset`` (with the same ``validation``) give the same model.
     The model and its frozen copy run on ``device`` (default: CUDA, else MPS, else CPU),
     and the model is moved back where it was; triggers are made on the CPU and moved there.
+    ``precision`` (``None``, ``"bf16"``, ``"fp16"`` on CUDA) runs the fine-tuning's forward passes under
+    autocast, as :func:`tracemark.training.fit` does; the accuracy checks stay float32.
     """
     with placed(model, device) as dev:
+        autocast, scaler = mixed_precision(dev, precision)
         _check_model(model, key, dev)
         if isinstance(train, ImageData):
             if tuple(train.input_shape) != tuple(key.input_shape):
@@ -194,15 +198,15 @@ def embed(
                 model.train()
                 xb, yb = xb.to(dev), yb.to(dev)
                 optimiser.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                if teacher is not None:
-                    with torch.no_grad():
-                        reference = F.log_softmax(teacher(xb[:n_clean]), dim=1)
-                    drift = F.kl_div(F.log_softmax(logits[:n_clean], dim=1), reference, log_target=True, reduction="batchmean")
-                    loss = loss + preserve_weight * drift
-                loss.backward()
-                optimiser.step()
+                with autocast():
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            reference = F.log_softmax(teacher(xb[:n_clean]), dim=1)
+                        drift = F.kl_div(F.log_softmax(logits[:n_clean], dim=1), reference, log_target=True, reduction="batchmean")
+                        loss = loss + preserve_weight * drift
+                backward_step(loss, optimiser, scaler)
                 steps += 1
                 samples += batch_size
                 advance()

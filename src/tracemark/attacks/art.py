@@ -8,6 +8,10 @@ served probability rows, which ART's ``PyTorchClassifier`` trains on as soft lab
 
 ART draws its random choices (which pool images to ask, knockoff's sampling) from numpy's global
 generator: :meth:`ArtExtract.run` seeds it (and torch) with ``ThiefData.seed``.
+
+ART's attacks take the pool as one numpy array. From an array pool ART picks its ``n_queries``
+images itself; from a Dataset pool a seeded sample of ``n_queries`` items is read (only those)
+and handed to ART, so the two forms of the same images do not ask the same images.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracemark.attacks.base import Attack, AttackError, Stolen, ThiefData, as_target, stolen_module
+from tracemark.attacks.base import Attack, AttackError, Stolen, ThiefData, as_target, check_pool_shape, stolen_module
+from tracemark.data.batches import is_stream, sample_arrays
+from tracemark.data.devices import resolve_device
 from tracemark.data.models import build_model
 from tracemark.targets.base import Target
 
@@ -96,9 +102,15 @@ class ArtExtract(Attack):
         from art.estimators.classification import BlackBoxClassifier, PyTorchClassifier
 
         target = as_target(victim)
-        x = np.ascontiguousarray(thief.pool(self.pool), dtype=np.float32)
-        if len(x) < self.n_queries:
-            raise AttackError(f"{self.label}: the pool has {len(x)} images, fewer than n_queries = {self.n_queries}")
+        pool = thief.pool_set(self.pool)
+        if len(pool) < self.n_queries:  # type: ignore[arg-type]
+            raise AttackError(f"{self.label}: the pool has {len(pool)} images, fewer than n_queries = {self.n_queries}")  # type: ignore[arg-type]
+        check_pool_shape(pool, target, "query")
+        if is_stream(pool):  # ART needs an array: read a seeded sample of exactly the images it will ask
+            rows = np.sort(np.random.default_rng(thief.seed).choice(len(pool), self.n_queries, replace=False))  # type: ignore[arg-type]
+            x = sample_arrays(pool, rows)[0]  # type: ignore[arg-type]
+        else:
+            x = np.ascontiguousarray(pool, dtype=np.float32)
         shape = tuple(int(d) for d in x.shape[1:])
         k = self._classes(target, x)
         np.random.seed(thief.seed)
@@ -107,7 +119,8 @@ class ArtExtract(Attack):
         blackbox = BlackBoxClassifier(calls, shape, k, clip_values=(0.0, 1.0))
         model = build_model(self.arch, shape, k, seed=thief.seed)  # type: ignore[arg-type]
         stolen = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=self.lr),
-                                   input_shape=shape, nb_classes=k, clip_values=(0.0, 1.0), device_type="cpu")
+                                   input_shape=shape, nb_classes=k, clip_values=(0.0, 1.0),
+                                   device_type="gpu" if resolve_device(thief.device).type == "cuda" else "cpu")
         common = dict(batch_size_fit=self.batch_size, batch_size_query=self.query_batch, nb_epochs=self.epochs,
                       nb_stolen=self.n_queries, use_probability=self.output == "probabilities")
         attack = CopycatCNN(blackbox, **common) if self.method == "copycat" else KnockoffNets(blackbox, sampling_strategy="random", **common)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from tracemark.errors import TracemarkError
+from tracemark.data.batches import check_items, dataset_of, is_stream, item_pair, sample_arrays
+from tracemark.errors import DatasetItemError, ShapeMismatchError, TracemarkError
 from tracemark.targets.base import Target
 from tracemark.targets.local import TorchTarget
+from tracemark.training import to_tensor_dataset
 
 Access = Literal["weights", "api"]
 KINDS = ("finetune", "prune", "quantize", "noise", "distill", "extract", "transform")
@@ -29,36 +32,118 @@ class AttackError(TracemarkError):
     """An attack cannot run with what it was given (no weights, no labels, no query pool)."""
 
 
+Images = Union[np.ndarray, Dataset]
+
+
+def _as_dataset(data: Images | DataLoader | None, what: str) -> Images | None:
+    """Arrays as they are; a ``DataLoader``'s dataset; a map-style Dataset checked (its first item) before any work."""
+    if not is_stream(data):
+        return data  # type: ignore[return-value]
+    dataset = dataset_of(data)  # type: ignore[arg-type]
+    if isinstance(dataset, IterableDataset):
+        raise DatasetItemError(f"ThiefData.{what}: attacks take items by index; give a map-style Dataset (with "
+                               "__getitem__ and __len__), not an IterableDataset")
+    check_items(dataset)
+    return dataset
+
+
 @dataclass(frozen=True)
 class ThiefData:
     """The thief's own resources.
 
-    ``x`` are in-domain images (float32 N×C×H×W in [0, 1]); ``y`` their labels when the
-    thief has them (fine-tuning needs them, extraction does not); ``ood_x`` out-of-domain
-    images for extraction with an out-of-domain query pool. ``seed`` makes every attack
-    that draws randomness reproducible.
+    ``x`` are in-domain images: an array (float32 N×C×H×W in [0, 1]) with ``y`` their labels
+    when the thief has them (fine-tuning needs them, extraction does not), or a map-style
+    ``Dataset`` (or ``DataLoader``, for its dataset) of ``(image, label)`` items, which carries
+    its own labels and is read in batches, never whole. ``ood_x`` are out-of-domain images
+    (an array, or a Dataset whose labels are ignored) for extraction with an out-of-domain
+    query pool. ``seed`` makes every attack that draws randomness reproducible; the attacks
+    that train do so on ``device`` (default: CUDA, else MPS, else CPU), reading a Dataset with
+    ``num_workers`` worker processes. The same arrays given as arrays or as a
+    ``TensorDataset`` give the same stolen models.
     """
 
-    x: np.ndarray
+    x: Images
     y: np.ndarray | None = None
-    ood_x: np.ndarray | None = None
+    ood_x: Images | None = None
     seed: int = 0
+    device: str | torch.device | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if is_stream(self.x) and self.y is not None:
+            raise AttackError("ThiefData: a Dataset carries its own labels; do not pass y with it")
+        object.__setattr__(self, "x", _as_dataset(self.x, "x"))
+        object.__setattr__(self, "ood_x", _as_dataset(self.ood_x, "ood_x"))
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the thief's in-domain images come with labels (a Dataset always does)."""
+        return self.y is not None or is_stream(self.x)
+
+    def _first(self, data: Images, n: int | None) -> Images:
+        if not is_stream(data):
+            return data[:n]  # type: ignore[index]
+        size = len(data)  # type: ignore[arg-type]
+        return data if n is None or n >= size else Subset(data, range(n))  # type: ignore[arg-type]
+
+    def labelled_set(self, n: int | None = None) -> Dataset:
+        """The first ``n`` labelled images as a Dataset (read lazily for a Dataset); raises :class:`AttackError`
+        if the thief has no labels."""
+        if not self.has_labels:
+            raise AttackError("this attack needs the thief's labelled data (ThiefData.y)")
+        if is_stream(self.x):
+            return self._first(self.x, n)  # type: ignore[return-value]
+        assert self.y is not None
+        return to_tensor_dataset(self.x[:n], self.y[:n])  # type: ignore[index]
 
     def labelled(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``n`` labelled images; raises :class:`AttackError` if the thief has no labels."""
+        """The first ``n`` labelled images as arrays (read into memory for a Dataset); raises :class:`AttackError`
+        if the thief has no labels."""
+        if is_stream(self.x):
+            return _arrays(self.labelled_set(n))
         if self.y is None:
             raise AttackError("this attack needs the thief's labelled data (ThiefData.y)")
-        return self.x[:n], self.y[:n]
+        return self.x[:n], self.y[:n]  # type: ignore[index]
 
-    def pool(self, which: str, n: int | None = None) -> np.ndarray:
-        """The first ``n`` images of the in-domain (``"in"``) or out-of-domain (``"ood"``) pool."""
+    def pool_set(self, which: str, n: int | None = None) -> Images:
+        """The first ``n`` images of the in-domain (``"in"``) or out-of-domain (``"ood"``) pool: an array slice,
+        or a Dataset of them (not read)."""
         if which == "in":
-            return self.x[:n]
+            return self._first(self.x, n)
         if which == "ood":
             if self.ood_x is None:
                 raise AttackError("no out-of-domain pool: give ThiefData.ood_x")
-            return self.ood_x[:n]
+            return self._first(self.ood_x, n)
         raise AttackError(f"unknown query pool {which!r}: use 'in' or 'ood'")
+
+    def pool(self, which: str, n: int | None = None) -> np.ndarray:
+        """The first ``n`` images of the in-domain (``"in"``) or out-of-domain (``"ood"``) pool as an array
+        (read into memory for a Dataset)."""
+        chosen = self.pool_set(which, n)
+        return _arrays(chosen)[0] if is_stream(chosen) else chosen  # type: ignore[return-value]
+
+    def size(self, which: str = "in") -> int:
+        """How many images the in-domain (``"in"``) or out-of-domain (``"ood"``) pool holds (0 without one)."""
+        data = self.x if which == "in" else self.ood_x
+        return 0 if data is None else len(data)  # type: ignore[arg-type]
+
+
+def _arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    return sample_arrays(dataset, np.arange(len(dataset)))  # type: ignore[arg-type]
+
+
+def image_shape(pool: Images) -> tuple[int, ...]:
+    """The C×H×W shape of the pool's images (for a Dataset: of its first item)."""
+    if is_stream(pool):
+        return tuple(item_pair(pool[0])[0].shape)  # type: ignore[index]
+    return tuple(int(d) for d in pool.shape[1:])  # type: ignore[union-attr]
+
+
+def check_pool_shape(pool: Images, target: Target, what: str) -> None:
+    """Refuse a pool whose images are not the target's input shape (when the target states one), before querying."""
+    if target.input_shape is not None and len(pool) and image_shape(pool) != tuple(target.input_shape):  # type: ignore[arg-type]
+        raise ShapeMismatchError(f"the thief's {what} images have shape {image_shape(pool)}; {target} takes "
+                                 f"{tuple(target.input_shape)}")
 
 
 @dataclass

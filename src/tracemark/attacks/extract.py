@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from torch import nn
 
-from tracemark.attacks._clone import fresh_model, query
-from tracemark.attacks.base import Attack, Stolen, ThiefData, as_target, stolen_module
+from tracemark.attacks._clone import Answered, fresh_model, query
+from tracemark.attacks.base import Attack, Stolen, ThiefData, as_target, check_pool_shape, stolen_module
+from tracemark.data.batches import is_stream
 from tracemark.targets.base import Target
 from tracemark.training import fit, to_tensor_dataset
 
@@ -20,7 +22,9 @@ class Extract(Attack):
     """Query ``n_queries`` images of the thief's in-domain (``pool="in"``) or out-of-domain
     (``"ood"``) pool, keep only the answered labels, and train a fresh ``arch`` on them.
 
-    Works through any Target, so a remote HTTP API can be cloned the same way.
+    Works through any Target, so a remote HTTP API can be cloned the same way. A Dataset pool
+    is streamed: asked in chunks, then read again batch by batch to train the clone (on
+    ``ThiefData.device``); only the answered labels are kept in memory.
     """
 
     arch: str = "small_cnn"
@@ -47,9 +51,11 @@ class Extract(Attack):
 
     def run(self, victim: nn.Module | Target, thief: ThiefData) -> Stolen:
         target = as_target(victim)
-        x = thief.pool(self.pool, self.n_queries)
-        answers = query(target, x)
+        x = thief.pool_set(self.pool, self.n_queries)
+        check_pool_shape(x, target, "query")
+        answers = query(target, x, num_workers=thief.num_workers)
         clone = fresh_model(self.arch, x, target, answers, self.num_classes, thief.seed)
-        report = fit(clone, to_tensor_dataset(x, answers.labels), epochs=self.epochs, lr=self.lr,
-                     batch_size=self.batch_size, seed=thief.seed)
+        train = Answered(x, np.asarray(answers.labels, dtype=np.int64)) if is_stream(x) else to_tensor_dataset(x, answers.labels)  # type: ignore[arg-type]
+        report = fit(clone, train, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=thief.seed,
+                     device=thief.device, num_workers=thief.num_workers)
         return stolen_module(clone, f"{self.name} clone", queries=len(x), seconds=report.seconds)

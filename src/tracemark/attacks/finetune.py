@@ -10,7 +10,7 @@ from torch import nn
 
 from tracemark.attacks.base import Attack, AttackError, Stolen, ThiefData, require_module, stolen_module
 from tracemark.targets.base import Target
-from tracemark.training import fit, to_tensor_dataset
+from tracemark.training import fit
 
 Mode = Literal["FTLL", "FTAL", "RTLL", "RTAL"]
 MODES: tuple[str, ...] = ("FTLL", "FTAL", "RTLL", "RTAL")
@@ -30,6 +30,7 @@ class FineTune(Attack):
 
     ``FTLL`` trains the last layer only; ``FTAL`` all layers; ``RTLL`` re-initialises the last
     layer and trains only it; ``RTAL`` re-initialises the last layer and trains all layers.
+    A Dataset thief is read in batches; training runs on ``ThiefData.device``.
     """
 
     mode: Mode = "FTAL"
@@ -58,7 +59,7 @@ class FineTune(Attack):
 
     def run(self, victim: nn.Module | Target, thief: ThiefData) -> Stolen:
         model = require_module(victim, self)
-        x, y = thief.labelled(self.n_samples)
+        train = thief.labelled_set(self.n_samples)
         head = last_linear(model)
         if self.mode.startswith("RT"):
             with torch.random.fork_rng(devices=[]):
@@ -69,8 +70,8 @@ class FineTune(Attack):
                 p.requires_grad_(False)
             for p in head.parameters():
                 p.requires_grad_(True)
-        report = fit(model, to_tensor_dataset(x, y), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                     seed=thief.seed)
+        report = fit(model, train, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=thief.seed,
+                     device=thief.device, num_workers=thief.num_workers)
         for p in model.parameters():
             p.requires_grad_(True)
-        return stolen_module(model, f"{self.name} of the victim", samples=len(x), seconds=report.seconds)
+        return stolen_module(model, f"{self.name} of the victim", samples=len(train), seconds=report.seconds)

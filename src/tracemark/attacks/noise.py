@@ -38,5 +38,5 @@ class WeightNoise(Attack):
         with torch.no_grad():
             for p in model.parameters():
                 spread = p.std() if p.numel() > 1 else p.abs().mean()
-                p.add_(torch.randn(p.shape, generator=gen) * self.sigma * spread)
+                p.add_(torch.randn(p.shape, generator=gen).to(p.device) * self.sigma * spread)  # drawn on the CPU
         return stolen_module(model, f"{self.name} of the victim")

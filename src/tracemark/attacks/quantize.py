@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,7 +44,11 @@ def int8_layers(model: nn.Module) -> dict[str, torch.dtype]:
 
 @dataclass(frozen=True)
 class Quantize(Attack):
-    """Static int8 post-training quantization, calibrated on ``n_calibration`` thief images."""
+    """Static int8 post-training quantization, calibrated on ``n_calibration`` thief images.
+
+    Only those images are read from a Dataset thief; quantized int8 kernels run on the CPU, so
+    ``ThiefData.device`` does not apply.
+    """
 
     n_calibration: int = 512
 
@@ -62,7 +67,7 @@ class Quantize(Attack):
         return {"bits": 8}
 
     def run(self, victim: nn.Module | Target, thief: ThiefData) -> Stolen:
-        model = require_module(victim, self)
-        calibration = torch.from_numpy(thief.x[: self.n_calibration].astype("float32"))
+        model = require_module(victim, self).cpu()  # int8 kernels run on the CPU
+        calibration = torch.from_numpy(np.ascontiguousarray(thief.pool("in", self.n_calibration), dtype=np.float32))
         quantized = quantize_int8(model, calibration)
         return stolen_module(quantized, f"{self.name} of the victim", int8_layers=sorted(int8_layers(quantized)))

@@ -23,7 +23,8 @@ def robustness(
     null_profile: Optional[Path] = typer.Option(None, help="Null profile JSON (models cached beside it) for the empirical null."),
     budget: float = typer.Option(2.0, help="Accuracy budget in points: a removal must keep the thief within it."),
     alpha: float = typer.Option(1e-9, help="Verification false-accusation rate."),
-    workers: int = typer.Option(1, help="Parallel worker processes for the attacks."),
+    workers: int = typer.Option(1, help="Parallel worker processes for the attacks (on a GPU they run one after another)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where the owner's model and the thief's attacks train: cuda, cuda:N, mps or cpu (default: CUDA, else MPS, else CPU)."),
     out: Path = typer.Option(Path("robustness-report"), "--out", "-o", help="Folder for report.html, result.json and caches."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON result."),
 ) -> None:
@@ -31,6 +32,7 @@ def robustness(
     import torch
 
     from tracemark.data import load_dataset, load_model
+    from tracemark.data.devices import resolve_device
     from tracemark.lab import NullProfile, make_suite, run_suite
     from tracemark.lab.victim import CONFIGS, marked_victim, out_of_domain_pool, split_thief
     from tracemark.report import robustness_report
@@ -40,14 +42,15 @@ def robustness(
         raise typer.BadParameter("give both --model and --key, or neither")
     if mark not in CONFIGS:
         raise typer.BadParameter(f"choose one of {', '.join(CONFIGS)}", param_hint="--mark")
+    dev = resolve_device(device)  # a device that is not here: one line, before any work
     torch.set_num_threads(1)
     dataset = load_dataset(data)
     n_thief = thief_size or len(dataset.x_train) // 6
-    owner, thief = split_thief(dataset, n_thief, out_of_domain_pool(dataset.name, ood_size, dataset.input_shape))
+    owner, thief = split_thief(dataset, n_thief, out_of_domain_pool(dataset.name, ood_size, dataset.input_shape), device=dev)
     if model is not None and key is not None:
         victim, wm_key, info = load_model(model), load_key(key), {"model": str(model)}
     else:
-        victim, wm_key, info = marked_victim(owner, CONFIGS[mark], out / "cache", show_progress=not as_json)
+        victim, wm_key, info = marked_victim(owner, CONFIGS[mark], out / "cache", show_progress=not as_json, device=dev)
     null = None
     if null_profile is not None:
         profile = NullProfile.load(null_profile)

@@ -13,25 +13,29 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from tracemark._progress import progress_bar
 from tracemark._util.files import atomic_write_text
+from tracemark.data.batches import check_items, dataset_of, is_stream, item_pair
 from tracemark.data.datasets import ImageData
 from tracemark.data.models import build_model, load_model, save_model
 from tracemark.keys.key import WatermarkKey
 from tracemark.lab.errors import NullProfileError
+from tracemark.lab.protocol import held_out_accuracy
 from tracemark.targets.base import Target
 from tracemark.targets.local import TorchTarget
-from tracemark.training import accuracy, fit, to_tensor_dataset
+from tracemark.training import fit, to_tensor_dataset
 from tracemark.verification.null import EMPIRICAL_CONFIDENCE, NullModel, choose_null
 from tracemark.verification.stats import binomial_pvalue, clopper_pearson_upper
 
 PROFILE_FORMAT = "tracemark-null-profile/1"
+
 DEFAULT_ARCHS = ("small_cnn", "lenet", "mlp")
 
 
@@ -180,8 +184,29 @@ class NullProfile:
                 f"test accuracy {min(accs):.1%}-{max(accs):.1%}, {len(self.matches)} key(s) profiled")
 
 
+Pool = Union[ImageData, Dataset, DataLoader]
+TestSet = Union[tuple[np.ndarray, np.ndarray], Dataset, DataLoader]
+
+
+def _pool_facts(data: Pool, test: TestSet | None, num_classes: int | None, name: str | None
+                ) -> tuple[str, int, tuple[int, ...], int, TestSet]:
+    """Name, class count, input shape, size and test set of the reference models' training pool (checked first)."""
+    if isinstance(data, ImageData):
+        return data.name, data.num_classes, data.input_shape, len(data.x_train), (data.x_test, data.y_test) if test is None else test
+    pool = dataset_of(data)
+    if isinstance(pool, IterableDataset):
+        raise NullProfileError("reference models train on seeded subsets drawn by index; give a map-style Dataset")
+    if test is None or num_classes is None:
+        raise NullProfileError("reference models trained on a Dataset need test= (held-out items) and num_classes=")
+    check_items(pool)
+    shape = tuple(item_pair(pool[0])[0].shape)
+    if is_stream(test):
+        check_items(test, shape)  # type: ignore[arg-type]
+    return name or type(pool).__name__, int(num_classes), shape, len(pool), test  # type: ignore[arg-type]
+
+
 def build_null_profile(
-    data: ImageData,
+    data: Pool,
     keys: Sequence[WatermarkKey] = (),
     *,
     n_models: int = 20,
@@ -192,44 +217,57 @@ def build_null_profile(
     first_seed: int = 1000,
     folder: str | Path | None = None,
     show_progress: bool = False,
+    test: TestSet | None = None,
+    num_classes: int | None = None,
+    name: str | None = None,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> tuple[NullProfile, list[nn.Module]]:
     """Train (or load from ``folder``) ``n_models`` independent models and profile ``keys`` on them.
 
     Model ``i`` uses architecture ``archs[i % len(archs)]``, seed ``first_seed + i`` (weights,
     shuffling, and a random training subset of ``train_size`` images when given).
+    ``data`` is an :class:`ImageData` or a map-style ``Dataset``/``DataLoader`` of training
+    items, read batch by batch through a ``Subset`` (never whole; the same arrays in either
+    form train the same models); a Dataset needs ``test`` (arrays or a Dataset), ``num_classes``
+    and a ``name`` for the cached files (default: the dataset's class name). Models train on
+    ``device`` (default: CUDA, else MPS, else CPU) with ``num_workers`` reading.
     Returns the profile and the models, so more keys can be added without reloading.
     """
+    label, k, shape, n_pool, test_set = _pool_facts(data, test, num_classes, name)
     folder = Path(folder) if folder is not None else None
     refs: list[ReferenceModel] = []
     models: list[nn.Module] = []
-    n_train = len(data.x_train) if train_size is None else min(train_size, len(data.x_train))
+    n_train = n_pool if train_size is None else min(train_size, n_pool)
     with progress_bar(n_models, "training independent models", enabled=show_progress) as advance:
         for i in range(n_models):
             arch, seed = archs[i % len(archs)], first_seed + i
-            name = f"{data.name}-{arch}-seed{seed}-e{epochs}-n{n_train}-lr{lr:g}.safetensors"
-            path = folder / name if folder is not None else None
+            name_i = f"{label}-{arch}-seed{seed}-e{epochs}-n{n_train}-lr{lr:g}.safetensors"
+            path = folder / name_i if folder is not None else None
             if path is not None and path.is_file():
                 model = load_model(path)
             else:
-                rows = np.random.default_rng(seed).permutation(len(data.x_train))[:n_train]
-                model = build_model(arch, data.input_shape, data.num_classes, seed=seed)
+                rows = np.random.default_rng(seed).permutation(n_pool)[:n_train]
+                model = build_model(arch, shape, k, seed=seed)  # type: ignore[arg-type]
+                train = (to_tensor_dataset(data.x_train[rows], data.y_train[rows]) if isinstance(data, ImageData)
+                         else Subset(dataset_of(data), rows.tolist()))
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
-                    fit(model, to_tensor_dataset(data.x_train[rows], data.y_train[rows]), epochs=epochs, lr=lr, seed=seed)
+                    fit(model, train, epochs=epochs, lr=lr, seed=seed, device=device, num_workers=num_workers)
                 if path is not None:
                     save_model(model, path)
             digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
-            refs.append(ReferenceModel(arch, seed, epochs, n_train, lr, accuracy(model, data.x_test, data.y_test),
-                                       name if path is not None else None, digest))
+            test_acc = held_out_accuracy(model, test_set, device, num_workers)
+            refs.append(ReferenceModel(arch, seed, epochs, n_train, lr, test_acc, name_i if path is not None else None, digest))
             models.append(model)
             advance()
     profile = NullProfile(
-        dataset=data.name,
+        dataset=label,
         references=refs,
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         recipe={"n_models": n_models, "archs": list(archs), "epochs": epochs, "train_size": n_train, "lr": lr,
                 "first_seed": first_seed, "optimiser": "Adam", "batch_size": 64,
-                "subset": "seeded random subset per model" if n_train < len(data.x_train) else "full training set",
+                "subset": "seeded random subset per model" if n_train < n_pool else "full training set",
                 "torch": torch.__version__},
     )
     for key in keys:

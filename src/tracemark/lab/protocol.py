@@ -5,17 +5,22 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from typing import Union
 
 import numpy as np
+import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from tracemark.attacks.base import Attack, ThiefData
+from tracemark.data.batches import batches, check_items, is_stream
 from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
 from tracemark.verification.null import NullModel
 from tracemark.verification.verify import DEFAULT_ALPHA, verify
 
 DEFAULT_BUDGET_POINTS = 2.0
+TestSet = Union[tuple[np.ndarray, np.ndarray], Dataset, DataLoader]
 
 
 @dataclass(frozen=True)
@@ -63,19 +68,65 @@ class AttackRecord:
                 f"triggers {100 * self.trigger_accuracy:.0f}%, p={self.p_value:.2g}, {self.verdict} -> {tag}")
 
 
-def target_accuracy(target: Target, x: np.ndarray, y: np.ndarray, chunk: int = 2000) -> float:
-    """Fraction of ``x`` the target labels as ``y``, asked in chunks."""
+def target_accuracy(target: Target, x: np.ndarray | Dataset | DataLoader, y: np.ndarray | None = None,
+                    chunk: int = 2000, num_workers: int = 0) -> float:
+    """Fraction of ``x`` the target labels as ``y``, asked in chunks.
+
+    ``x`` is an image array with labels ``y``, or a ``Dataset``/``DataLoader`` of ``(x, y)``
+    (then no ``y``) read ``chunk`` items at a time.
+    """
+    if is_stream(x):
+        if y is not None:
+            raise TypeError("target_accuracy: a Dataset or DataLoader carries its own labels; do not pass y")
+        hits = total = 0
+        for xb, yb in batches(x, batch_size=chunk, num_workers=num_workers):  # type: ignore[arg-type]
+            hits += int(np.sum(target.predict_labels(xb.numpy()) == yb.numpy().reshape(-1)))
+            total += len(xb)
+        return hits / total
+    if y is None:
+        raise TypeError("target_accuracy: pass the labels y with an image array")
     hits = 0
     for start in range(0, len(x), chunk):
         hits += int(np.sum(target.predict_labels(x[start : start + chunk]) == y[start : start + chunk]))
     return hits / len(x)
 
 
+def accuracy_on(target: Target, test: TestSet, num_workers: int = 0) -> float:
+    """:func:`target_accuracy` on a test set given as ``(x, y)`` arrays or as a Dataset/DataLoader."""
+    if is_stream(test):
+        return target_accuracy(target, test, num_workers=num_workers)  # type: ignore[arg-type]
+    return target_accuracy(target, *test)  # type: ignore[misc]
+
+
+def held_out_accuracy(model: nn.Module, test: TestSet, device: str | torch.device | None = None,
+                      num_workers: int = 0) -> float:
+    """:func:`tracemark.accuracy` of a module on ``(x, y)`` arrays or a Dataset/DataLoader of ``(x, y)``, on ``device``."""
+    from tracemark.training import accuracy
+
+    if is_stream(test):
+        return accuracy(model, test, device=device, num_workers=num_workers)  # type: ignore[arg-type]
+    return accuracy(model, *test, device=device)  # type: ignore[misc]
+
+
+def check_shapes(key: WatermarkKey, thief: ThiefData, test: TestSet) -> None:
+    """Refuse thief pools and a test set whose images are not the key's shape, before any attack runs."""
+    from tracemark.attacks.base import image_shape
+    from tracemark.errors import ShapeMismatchError
+
+    shape = tuple(key.input_shape)
+    if is_stream(test):
+        check_items(test, shape)  # type: ignore[arg-type]
+    for what, pool in (("in-domain", thief.x), ("out-of-domain", thief.ood_x)):
+        if pool is not None and len(pool) and image_shape(pool) != shape:  # type: ignore[arg-type]
+            raise ShapeMismatchError(f"the thief's {what} images have shape {image_shape(pool)}; the key's triggers "
+                                     f"are {shape}: give the thief images of the victim's input shape")
+
+
 def evaluate_attack(
     attack: Attack,
     victim: nn.Module | Target,
     key: WatermarkKey,
-    test: tuple[np.ndarray, np.ndarray],
+    test: TestSet,
     thief: ThiefData,
     *,
     marked_accuracy: float,
@@ -86,13 +137,14 @@ def evaluate_attack(
     """Run ``attack`` on ``victim``, then measure the thief's accuracy on ``test`` and verify ``key``.
 
     An attack that fails is recorded with its error rather than raised, so a sweep completes.
+    ``test`` is ``(x, y)`` arrays or a Dataset/DataLoader of ``(x, y)`` (streamed).
     """
     start = time.perf_counter()
     common = dict(attack=attack.name, label=attack.label, kind=attack.kind, access=attack.access,
                   strength=attack.strength, params=attack.params())
     try:
         stolen = attack.run(victim, thief)
-        thief_acc = target_accuracy(stolen.target, *test)
+        thief_acc = accuracy_on(stolen.target, test, thief.num_workers)
         verdict = verify(key, stolen.target, alpha=alpha, null=null)
     except Exception as exc:  # noqa: BLE001 - a sweep records failures and carries on
         return AttackRecord(**common, thief_accuracy=float("nan"), accuracy_drop_points=float("nan"),  # type: ignore[arg-type]

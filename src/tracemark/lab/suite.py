@@ -17,9 +17,11 @@ from torch import nn
 from tracemark._progress import progress_bar
 from tracemark.attacks import Distill, Extract, FineTune, InputTransform, Prune, Quantize, WeightNoise
 from tracemark.attacks.base import Attack, ThiefData, as_target
+from tracemark.data.batches import dataset_of, is_stream
+from tracemark.data.devices import resolve_device
 from tracemark.keys.key import WatermarkKey
 from tracemark.lab.errors import LabError
-from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, AttackRecord, evaluate_attack, target_accuracy
+from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, AttackRecord, TestSet, accuracy_on, check_shapes, evaluate_attack
 from tracemark.lab.results import SuiteResult
 from tracemark.targets.base import Target
 from tracemark.verification.null import NullModel
@@ -98,7 +100,7 @@ def run_suite(
     attacks: Sequence[Attack],
     victim: nn.Module | Target,
     key: WatermarkKey,
-    test: tuple[np.ndarray, np.ndarray],
+    test: TestSet,
     thief: ThiefData,
     *,
     suite: str = "custom",
@@ -114,10 +116,17 @@ def run_suite(
 
     With ``workers > 1`` attacks run in forked processes (one torch thread each). When the
     victim is only a Target, attacks that need its weights are skipped and listed in the config.
+    ``test`` is ``(x, y)`` arrays or a Dataset/DataLoader of ``(x, y)``; the thief's pools may be
+    Datasets (see :class:`~tracemark.attacks.ThiefData`, whose ``device`` the attacks train on).
+    Pools and test images of another shape than the key's are refused before any attack runs.
+    On a CUDA or MPS device the attacks run one after another in this process.
     """
     start, cpu_start = time.perf_counter(), _cpu_seconds()
+    check_shapes(key, thief, test)
+    if resolve_device(thief.device).type != "cpu":
+        workers = 1  # forked processes cannot share the device
     target = as_target(victim)
-    marked_accuracy = target_accuracy(target, *test)
+    marked_accuracy = accuracy_on(target, test, thief.num_workers)
     marked_trigger = verify(key, target, alpha=alpha, null=null).match_rate
     runnable = [a for a in attacks if a.access == "api" or isinstance(victim, nn.Module)]
     skipped = [a.name for a in attacks if a not in runnable]
@@ -139,10 +148,10 @@ def run_suite(
                     advance()
     finally:
         _SHARED.clear()
-    cfg = {"key": key.describe(), "thief": {"n_images": len(thief.x), "labelled": thief.y is not None,
-                                            "n_out_of_domain": 0 if thief.ood_x is None else len(thief.ood_x),
-                                            "seed": thief.seed},
-           "n_test": len(test[0]), "null": None if null is None else null.to_dict(), "workers": workers,
+    cfg = {"key": key.describe(), "thief": {"n_images": thief.size("in"), "labelled": thief.has_labels,
+                                            "n_out_of_domain": thief.size("ood"), "seed": thief.seed},
+           "n_test": len(dataset_of(test)) if is_stream(test) else len(test[0]),  # type: ignore[arg-type]
+           "null": None if null is None else null.to_dict(), "workers": workers,
            "skipped": skipped, **(config or {})}
     return SuiteResult(suite, dataset, marked_accuracy, marked_trigger, alpha, budget_points, cfg,
                        [records[i] for i in range(len(runnable))], versions(), time.perf_counter() - start,

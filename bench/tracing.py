@@ -19,11 +19,26 @@ model files against the base's weights, the black-box test alongside with alpha 
 the other 999 customers, the lab's independent models, head-only copies of the main run if present,
 the base); the attacks on ``--attack-copies`` copies; weight averaging by 2 and 3 customers.
 
-Results go to bench/out/tracing/<dataset>/<dataset>[-weights].json and the "tracing" section of
+With ``--symmetry``, issue 17's disguised leak: weight-coded copies put through a derangement of every
+hidden layer and per-unit rescaling (function unchanged), then RTLL, RTAL (lr 5e-4, 2e-3) or prune 50%
+then fine-tune, traced with the weight test after alignment among 1,000 customers; innocents (other
+customers' copies, unregistered weight-coded copies, independent models, the base) plain, disguised and
+disguised-then-attacked. ``--quick`` runs a small version of it on digits (about 2 minutes).
+
+With ``--rtll-code`` (issue 17, item 4), black-box codes put in the features (``TrainSettings.feature_match``,
+``body_layers``) against the re-training attacks: per variant, copies made, RTLL and RTAL at lr 5e-4 and 2e-3,
+traced among 1,000 customers; innocents are the attacked copies without their customer and the attacked base.
+``--rtll-code --quick`` runs it on digits, one copy per variant (under 3 minutes).
+
+Results go to bench/out/tracing/<dataset>/<dataset>[-weights|-symmetry|-rtll-code].json and the "tracing" section of
 docs/benchmarks.md.
 
     nice -n 10 .venv/bin/python bench/tracing.py --datasets mnist
     nice -n 10 .venv/bin/python bench/tracing.py --datasets mnist --weight-code
+    nice -n 10 .venv/bin/python bench/tracing.py --datasets mnist --symmetry
+    nice -n 10 .venv/bin/python bench/tracing.py --quick --no-docs
+    nice -n 10 .venv/bin/python bench/tracing.py --datasets mnist --rtll-code
+    nice -n 10 .venv/bin/python bench/tracing.py --rtll-code --quick --no-docs
 """
 
 from __future__ import annotations
@@ -42,9 +57,11 @@ import torch
 import tracemark as tm
 from _common import CACHE, ROOT, machine, trained_model, write_section
 from tracemark.attacks import FineTune, Prune
+from tracemark.attacks.symmetry import permute_units, rescale_units
 from tracemark.attacks.base import ThiefData
 from tracemark.data.datasets import ImageData
 from tracemark.fingerprint import FingerprintScheme, Registry, TraceResult, TrainSettings, fanout, trace, weight_trace
+from tracemark.fingerprint.weights import add_weight_code
 from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, target_accuracy
 from tracemark.lab.victim import split_thief
 
@@ -98,13 +115,15 @@ def _attack_one(job: tuple[str, int]) -> dict:
             **brief(result)}
 
 
-def setup(name: str) -> tuple[ImageData, ThiefData, tuple[np.ndarray, np.ndarray], torch.nn.Module, dict, FingerprintScheme]:
+def setup(name: str, thief_size: int = 10000, epochs: int = 3
+          ) -> tuple[ImageData, ThiefData, tuple[np.ndarray, np.ndarray], torch.nn.Module, dict, FingerprintScheme]:
     """The owner's data, the thief's, the test set, the owner's base model (cached) and its record, the scheme."""
     torch.set_num_threads(1)
     data = tm.load_dataset(name)
-    owner, thief = split_thief(data, 10000, seed=1)
-    owner = ImageData(f"{name}-owner50k", owner.x_train, owner.y_train, owner.x_test, owner.y_test, owner.num_classes)
-    base, record = trained_model(owner, "small_cnn", 0, 3)
+    owner, thief = split_thief(data, thief_size, seed=1)
+    tag = "owner50k" if thief_size == 10000 else f"owner-thief{thief_size}"
+    owner = ImageData(f"{name}-{tag}", owner.x_train, owner.y_train, owner.x_test, owner.y_test, owner.num_classes)
+    base, record = trained_model(owner, "small_cnn", 0, epochs)
     key = tm.WatermarkKey.generate("content", images=owner.x_train, labels=owner.y_train, n_triggers=100, seed=KEY_SEED)
     return owner, thief, (owner.x_test, owner.y_test), base, record, FingerprintScheme.from_key(key)
 
@@ -316,6 +335,160 @@ def run_weights(name: str, args: argparse.Namespace, command: str) -> dict:
     return result
 
 
+def disguise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The thief's free, function-preserving moves: a derangement of every hidden layer, then per-unit rescaling (1/4 to 4)."""
+    return rescale_units(permute_units(model, seed), seed + 1)
+
+
+def symmetry_attacks(thief_size: int, epochs: int) -> list[tuple[str, object]]:
+    """What follows the disguise: nothing, RTLL, RTAL at lr 5e-4 and 2e-3, prune 50% then fine-tune all layers."""
+    prune_then_tune = (Prune(0.5, "magnitude"), FineTune("FTAL", n_samples=thief_size, epochs=epochs, lr=5e-4))
+    return [("disguise only", None),
+            ("disguise + RTLL lr 5e-4", FineTune("RTLL", n_samples=thief_size, epochs=epochs, lr=5e-4)),
+            ("disguise + RTAL lr 5e-4", FineTune("RTAL", n_samples=thief_size, epochs=epochs, lr=5e-4)),
+            ("disguise + RTAL lr 2e-3", FineTune("RTAL", n_samples=thief_size, epochs=epochs, lr=2e-3)),
+            ("disguise + prune 50% + FTAL lr 5e-4", prune_then_tune)]
+
+
+def _symmetry_one(job: tuple[str, str, int, int]) -> dict:
+    """One suspect of the symmetry scenario: ``(kind, name, attack index, disguise seed)``, models from ``_STATE``."""
+    torch.set_num_threads(1)
+    kind, name, index, seed = job
+    s = _STATE
+    model = s["models"][name]
+    label, attack = s["attacks"][index]
+    start = time.perf_counter()
+    stolen = disguise(model, seed) if index >= 0 else copy.deepcopy(model)
+    for step in attack if isinstance(attack, tuple) else ([attack] if attack is not None else []):
+        stolen = step.run(stolen, s["thief"]).model
+    stolen.eval()
+    acc = tm.accuracy(stolen, *s["test"])
+    registry = s["registry"] if kind != "other customer's copy" else [c for c in s["registry"] if c != name]
+    result = trace(s["scheme"], registry, tm.TorchTarget(stolen, description=f"{kind} {name}"), alpha=s["alpha"],
+                   base=s["base"])
+    blind = weight_trace(s["scheme"], registry, stolen, s["base"], alpha=s["alpha"] / 2, align=False)
+    w = result.weights
+    drop = 100 * (s["accuracy"][name] - acc)
+    return {"kind": kind, "suspect": name, "attack": "plain" if index < 0 else label, "seed": seed,
+            "accuracy_before": s["accuracy"][name], "thief_accuracy": acc, "drop_points": drop,
+            "within_budget": drop <= DEFAULT_BUDGET_POINTS, "accused": result.accused,
+            "right": kind == "leaked copy" and result.accused == [name],
+            "false": [c for c in result.accused if c != name] if kind == "leaked copy" else list(result.accused),
+            "alignment": None if w.alignment is None else w.alignment.to_dict(),
+            "unaligned_weight_log10_p": blind.best.log10_p if blind.best else None,
+            "unaligned_weight_accused": blind.accused, "seconds": time.perf_counter() - start, **brief(result)}
+
+
+def _symmetry_pool(jobs: list[tuple[str, str, int, int]], workers: int) -> list[dict]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers <= 1:
+        return [_symmetry_one(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_symmetry_one, jobs))
+
+
+def run_symmetry(name: str, args: argparse.Namespace, command: str) -> dict:
+    """Issue 17's acceptance scenario: leaked weight-coded copies disguised (derangement + rescaling), then re-trained or pruned.
+
+    ``--symmetry-copies`` copies made by ``fanout`` (weight code and black-box code), each disguised and
+    attacked by every entry of :func:`symmetry_attacks`, traced with ``trace(..., base=base)`` among
+    ``--registry-size`` customers. Innocents: the fanout copies traced without their customer,
+    ``--innocent-copies`` weight-coded copies of unregistered customers (``add_weight_code``, no training),
+    ``--independents`` independently trained models of the base's architecture, and the base; each plain,
+    disguised, and (the first ``--innocent-attacked`` of each kind) disguised and attacked as the leaked copies.
+    """
+    quick = args.quick
+    thief_size, epochs, base_epochs = (400, 15, 15) if quick else (10000, 5, 3)
+    owner, thief, test, base, record, scheme = setup(name, thief_size, base_epochs)
+    folder = OUT / name
+    customers = [f"customer-{i:04d}" for i in range(args.registry_size)]
+    leaked = customers[: args.symmetry_copies]
+    settings = TrainSettings(seed=0) if not quick else TrainSettings(seed=0, lr=3e-3, target_code_accuracy=0.45,
+                                                                      max_clean_drop=0.02, pool_size=1000,
+                                                                      validation_size=300)
+    result: dict = {"dataset": name, "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                    "quick": quick, "base": {**record, "test_accuracy": tm.accuracy(base, *test)},
+                    "settings": settings.__dict__, "registry_size": len(customers), "alpha": args.alpha,
+                    "thief_size": thief_size, "attack_epochs": epochs}
+    print(f"[{name}] symmetry: making {len(leaked)} weight-coded copies", flush=True)
+    made = fanout(base, scheme, leaked, owner, folder / "symmetry-copies", workers=args.workers, settings=settings,
+                  show_progress=args.progress)
+    models: dict[str, torch.nn.Module] = {c.customer: tm.load_model(c.model_path) for c in made.copies}
+    innocents: list[tuple[str, str]] = [("other customer's copy", c) for c in leaked]
+    for i in range(args.innocent_copies):
+        other = copy.deepcopy(base)
+        add_weight_code(other, scheme, f"unregistered-{i:04d}")
+        models[f"unregistered-{i:04d}"] = other
+        innocents.append(("unregistered weight-coded copy", f"unregistered-{i:04d}"))
+    for seed in range(1, args.independents + 1):
+        models[f"independent-s{seed}"] = trained_model(owner, "small_cnn", seed, base_epochs)[0]
+        innocents.append(("independent model", f"independent-s{seed}"))
+    models["base"] = base
+    innocents.append(("the base", "base"))
+    accuracy = {k: tm.accuracy(m, *test) for k, m in models.items()}
+    attacks_ = symmetry_attacks(thief_size, epochs)
+    _STATE.update(models=models, attacks=attacks_, thief=thief, test=test, scheme=scheme, registry=customers,
+                  alpha=args.alpha, base=base, accuracy=accuracy)
+    jobs = [("leaked copy", c, i, 100 + k) for k, c in enumerate(leaked) for i in range(len(attacks_))]
+    per_kind: dict[str, int] = {}
+    for k, (kind, who) in enumerate(innocents):
+        jobs += [(kind, who, -1, 0), (kind, who, 0, 200 + k)]
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+        if per_kind[kind] <= args.innocent_attacked:
+            jobs += [(kind, who, i, 200 + k) for i in range(1, len(attacks_))]
+    start = time.perf_counter()
+    runs = _symmetry_pool(jobs, args.workers)
+    result["seconds"] = time.perf_counter() - start
+    result["runs"] = runs
+    leaks = [r for r in runs if r["kind"] == "leaked copy"]
+    within = [r for r in leaks if r["within_budget"]]
+    innocent_runs = [r for r in runs if r["kind"] != "leaked copy"]
+    result["summary"] = {"leaked_runs": len(leaks), "within_budget": len(within),
+                         "named_alone_within_budget": sum(r["right"] for r in within),
+                         "unaligned_weight_test_named": sum(r["unaligned_weight_accused"] == [r["suspect"]] for r in leaks),
+                         "innocent_trials": len(innocent_runs), "false_accusations": sum(bool(r["false"]) for r in runs),
+                         "smallest_innocent_weight_log10_p_adjusted": min(
+                             (r["weights"]["log10_p_adjusted"] for r in innocent_runs if "log10_p_adjusted" in r["weights"]),
+                             default=None)}
+    for r in leaks:
+        moved = "" if r["alignment"] is None else r["alignment"]["moved"]
+        print(f"[{name}] {r['suspect']} {r['attack']:38s} {100 * r['accuracy_before']:.2f} -> {100 * r['thief_accuracy']:.2f} "
+              f"{'in' if r['within_budget'] else 'OUT'} named {r['accused']} | weights log10p {r['weights'].get('log10_p', 0):.0f} "
+              f"(unaligned {r['unaligned_weight_log10_p']:.1f}), units moved {moved}", flush=True)
+    for kind in dict.fromkeys(r["kind"] for r in innocent_runs):
+        rows = [r for r in innocent_runs if r["kind"] == kind]
+        print(f"[{name}] innocent {kind}: {len(rows)} trials, {sum(bool(r['accused']) for r in rows)} accused; smallest adjusted "
+              f"weight log10 p {min(r['weights'].get('log10_p_adjusted', 0) for r in rows):.1f}", flush=True)
+    print(f"[{name}] summary: {result['summary']} ({result['seconds']:.0f} s)", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-symmetry{'-quick' if quick else ''}.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def symmetry_section(r: dict) -> str:
+    """The symmetry subsection of the docs from a ``run_symmetry`` result."""
+    s = r["summary"]
+    lines = [f"### {r['dataset']} — disguised leaks: alignment before the weight test (run of {r['date']})", "",
+             f"Command: `{r['command']}`. Leaked copies made by `fanout` (weight and black-box code), disguised by a "
+             "derangement of every hidden layer and per-unit rescaling (1/4 to 4, function unchanged), then attacked "
+             f"({r['attack_epochs']} epochs on the thief's {r['thief_size']:,} images); traced with `trace --base` among "
+             f"{r['registry_size']:,} customers, alpha {r['alpha']:.0e}.", "",
+             "| attack | within 2 points | named alone | weight log10 p (aligned) | weight log10 p unaligned |", "|---|---|---|---|---|"]
+    leaks = [x for x in r["runs"] if x["kind"] == "leaked copy"]
+    for name in dict.fromkeys(x["attack"] for x in leaks):
+        rows = [x for x in leaks if x["attack"] == name]
+        lines.append(f"| {name} | {sum(x['within_budget'] for x in rows)}/{len(rows)} | {sum(x['right'] for x in rows)}/{len(rows)} | "
+                     + ", ".join(f"{x['weights'].get('log10_p', 0):.0f}" for x in rows) + " | "
+                     + ", ".join(f"{x['unaligned_weight_log10_p']:.1f}" for x in rows) + " |")
+    lines += ["", f"Within budget, named alone: **{s['named_alone_within_budget']} of {s['within_budget']}**. Innocent "
+              f"suspects: **{s['false_accusations']} accused of {s['innocent_trials']}** (other customers' copies, unregistered "
+              "weight-coded copies, independent models, the base; each plain, disguised, and some disguised and attacked); "
+              f"smallest adjusted weight log10 p {s['smallest_innocent_weight_log10_p_adjusted']:.1f}.", ""]
+    return "\n".join(lines)
+
+
 def section(results: list[dict]) -> str:
     lines = ["## Per-customer marks and tracing (capability 5)", "",
              f"Machine: {results[0]['machine']} (shared with other jobs' experiments). Per-dataset JSON: "
@@ -434,6 +607,138 @@ def weight_section(r: dict) -> str:
     return "\n".join(lines + [""])
 
 
+def rtll_variants(quick: bool) -> list[tuple[str, dict]]:
+    """Where the black-box code is put (``TrainSettings`` fields over the run's settings): issue 17, item 4."""
+    out = [("head only (default)", {}),
+           ("head + feature pull", dict(feature_match=1.0, feature_preserve=1.0)),
+           ("last conv layer + head, feature pull", dict(feature_match=1.0, feature_preserve=1.0, body_layers=1))]
+    if not quick:
+        out.append(("whole network, feature pull", dict(feature_match=1.0, feature_preserve=1.0, body_layers=2)))
+    return out
+
+
+def rtll_attacks(thief_size: int, epochs: int) -> list:
+    """The re-training attacks the code must survive: RTLL and RTAL at lr 5e-4 and 2e-3."""
+    return [FineTune(mode, n_samples=thief_size, epochs=epochs, lr=lr) for mode in ("RTLL", "RTAL") for lr in (5e-4, 2e-3)]
+
+
+def _rtll_one(job: tuple[int, str]) -> dict:
+    """One copy of the RTLL-code scenario: ``(variant index, customer)``, made and attacked; the rest from ``_STATE``."""
+    import dataclasses
+    import warnings
+
+    from tracemark.fingerprint import feature_cache, mark_customer
+    from tracemark.fingerprint.fanout import code_accuracy
+
+    torch.set_num_threads(1)
+    index, customer = job
+    s = _STATE
+    label, fields = s["variants"][index]
+    settings = dataclasses.replace(s["settings"], **fields)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cache = feature_cache(s["base"], s["scheme"], s["owner"], settings)
+        model, report = mark_customer(s["base"], s["scheme"], customer, s["owner"], settings=settings, cache=cache)
+    made = time.perf_counter() - start
+    copy_acc = tm.accuracy(model, *s["test"])
+    registry, others = s["registry"], [c for c in s["registry"] if c != customer]
+    row = {"variant": label, "fields": fields, "customer": customer, "copy_seconds": made, "reached_goal": report.reached_goal,
+           "clean_change_points": 100 * (copy_acc - s["base_accuracy"]), "code_accuracy": code_accuracy(model, s["scheme"], customer),
+           "plain": brief(trace(s["scheme"], registry, tm.TorchTarget(model), alpha=s["alpha"])), "attacks": []}
+    for attack in s["attacks"]:
+        stolen = attack.run(copy.deepcopy(model), s["thief"]).model.eval()
+        acc = tm.accuracy(stolen, *s["test"])
+        result = trace(s["scheme"], registry, tm.TorchTarget(stolen), alpha=s["alpha"])
+        unregistered = trace(s["scheme"], others, tm.TorchTarget(stolen), alpha=s["alpha"])
+        row["attacks"].append({"attack": f"{attack.mode} lr {attack.lr:g}", "drop_points": 100 * (copy_acc - acc),
+                               "within_budget": 100 * (copy_acc - acc) <= DEFAULT_BUDGET_POINTS,
+                               "right": result.accused == [customer], "false": [c for c in result.accused if c != customer],
+                               "unregistered_accused": unregistered.accused, **brief(result)})
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def run_rtll_code(name: str, args: argparse.Namespace, command: str) -> dict:
+    """Issue 17, item 4: does a black-box code put in the features (``feature_match``, ``body_layers``) survive RTLL/RTAL?
+
+    Per variant of :func:`rtll_variants`, ``--rtll-copies`` copies made by ``mark_customer`` (black-box code only),
+    each attacked by :func:`rtll_attacks` and traced among ``--registry-size`` customers; innocents: each attacked
+    copy against the registry without its customer, and the base attacked the same way.
+    """
+    quick = args.quick
+    thief_size, epochs, base_epochs = (400, 15, 15) if quick else (10000, 5, 3)
+    owner, thief, test, base, record, scheme = setup(name, thief_size, base_epochs)
+    settings = TrainSettings(seed=0, weight_strength=0.0)
+    if quick:
+        settings = TrainSettings(seed=0, weight_strength=0.0, lr=3e-3, target_code_accuracy=0.45, max_clean_drop=0.02,
+                                 pool_size=1000, validation_size=300)
+    customers = [f"customer-{i:04d}" for i in range(args.registry_size)]
+    variants, attacks_ = rtll_variants(quick), rtll_attacks(thief_size, epochs)
+    base_accuracy = tm.accuracy(base, *test)
+    _STATE.update(variants=variants, settings=settings, base=base, scheme=scheme, owner=owner, test=test, thief=thief,
+                  registry=customers, alpha=args.alpha, attacks=attacks_, base_accuracy=base_accuracy)
+    jobs = [(i, customers[k]) for i in range(len(variants)) for k in range(args.rtll_copies)]
+    start = time.perf_counter()
+    if args.workers <= 1:
+        rows = [_rtll_one(j) for j in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            rows = list(pool.map(_rtll_one, jobs))
+    innocents = []
+    for attack in attacks_:
+        stolen = attack.run(copy.deepcopy(base), thief).model.eval()
+        innocents.append({"suspect": "base", "attack": f"{attack.mode} lr {attack.lr:g}",
+                          **brief(trace(scheme, customers, tm.TorchTarget(stolen), alpha=args.alpha))})
+    result = {"dataset": name, "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+              "quick": quick, "base": {**record, "test_accuracy": base_accuracy}, "settings": settings.__dict__,
+              "registry_size": len(customers), "alpha": args.alpha, "thief_size": thief_size, "attack_epochs": epochs,
+              "rows": rows, "innocents": innocents, "seconds": time.perf_counter() - start}
+    for r in rows:
+        print(f"[{name}] {r['variant']:38s} {r['customer']} clean {r['clean_change_points']:+.2f} code {r['code_accuracy']:.2f} "
+              f"({r['copy_seconds']:.0f} s) | " + " | ".join(
+                  f"{a['attack']} {-a['drop_points']:+.1f} {'named' if a['right'] else 'not named'} {a['matches']}/{a['informative']} "
+                  f"{a['log10_p']:.1f}" for a in r["attacks"]), flush=True)
+    falsely = sum(bool(a["false"]) + bool(a["unregistered_accused"]) for r in rows for a in r["attacks"])
+    print(f"[{name}] innocents accused: {falsely} (attacked copies, without their customer) + "
+          f"{sum(bool(x['accused']) for x in innocents)} (the base attacked) ({result['seconds']:.0f} s)", flush=True)
+    folder = OUT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-rtll-code{'-quick' if quick else ''}.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def rtll_section(r: dict) -> str:
+    """The RTLL-code subsection of the docs from a ``run_rtll_code`` result: one row per variant tried."""
+    rows = r["rows"]
+    attacks_ = list(dict.fromkeys(a["attack"] for x in rows for a in x["attacks"]))
+    lines = [f"### {r['dataset']} — a black-box code in the features: after re-training the last layer (run of {r['date']})", "",
+             f"Command: `{r['command']}`. Copies with the black-box code only, {len(rows) // max(1, len(set(x['variant'] for x in rows)))} "
+             f"per variant; attacks {r['attack_epochs']} epochs on the thief's {r['thief_size']:,} images; traced among "
+             f"{r['registry_size']:,} customers, alpha {r['alpha']:.0e}. Per attack: Δ points (thief vs copy), named alone "
+             "(of copies), matches / informative, log10 p.", "",
+             "| variant | clean change (points) | code accuracy | s per copy | " + " | ".join(attacks_) + " |",
+             "|---|---|---|---|" + "---|" * len(attacks_)]
+    for variant in dict.fromkeys(x["variant"] for x in rows):
+        mine = [x for x in rows if x["variant"] == variant]
+        cells = []
+        for name in attacks_:
+            runs = [a for x in mine for a in x["attacks"] if a["attack"] == name]
+            cells.append(", ".join(f"{-a['drop_points']:+.1f}" for a in runs) + f"; named {sum(a['right'] for a in runs)}/{len(runs)}; "
+                         + ", ".join(f"{a['matches']}/{a['informative']} ({a['log10_p']:.0f})" for a in runs))
+        lines.append(f"| {variant} | " + ", ".join(f"{x['clean_change_points']:+.2f}" for x in mine) + " | "
+                     + ", ".join(f"{100 * x['code_accuracy']:.0f}%" for x in mine) + " | "
+                     + f"{float(np.median([x['copy_seconds'] for x in mine])):.0f} | " + " | ".join(cells) + " |")
+    falsely = sum(bool(a["false"]) + bool(a["unregistered_accused"]) for x in rows for a in x["attacks"])
+    trials = 2 * sum(len(x["attacks"]) for x in rows) + len(r["innocents"])
+    lines += ["", f"Innocents accused: **{falsely + sum(bool(x['accused']) for x in r['innocents'])} of {trials}** "
+              "(each attacked copy against the registry without its customer, the base attacked the same way).", ""]
+    return "\n".join(lines)
+
+
 def load_results(path: Path) -> dict:
     """A saved result, dated by its file when it does not say (runs made before results carried a date)."""
     result = json.loads(path.read_text())
@@ -452,18 +757,40 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1e-9)
     parser.add_argument("--weight-code", action="store_true", help="run the weight-code part instead of the main one")
     parser.add_argument("--weight-copies", type=int, default=20, help="with --weight-code: customers given a copy")
+    parser.add_argument("--symmetry", action="store_true",
+                        help="run the disguised-leak scenario (derangement + rescaling, then re-training or pruning) instead")
+    parser.add_argument("--symmetry-copies", type=int, default=5, help="with --symmetry: leaked copies made by fanout")
+    parser.add_argument("--innocent-copies", type=int, default=45, help="with --symmetry: unregistered weight-coded copies")
+    parser.add_argument("--independents", type=int, default=10, help="with --symmetry: independently trained models")
+    parser.add_argument("--innocent-attacked", type=int, default=5,
+                        help="with --symmetry: innocents of each kind also disguised and attacked")
+    parser.add_argument("--quick", action="store_true", help="with --symmetry: digits, few models, short attacks (< 3 min)")
+    parser.add_argument("--rtll-code", action="store_true",
+                        help="run issue 17 item 4 instead: black-box codes put in the features, then RTLL / RTAL "
+                             "(with --quick: digits, 1 copy per variant, < 3 min)")
+    parser.add_argument("--rtll-copies", type=int, default=3, help="with --rtll-code: copies per variant")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--docs-only", action="store_true", help="only rebuild the docs section from saved results")
     args = parser.parse_args()
     command = "nice -n 10 .venv/bin/python bench/tracing.py " + " ".join(sys.argv[1:])
+    if args.quick and args.rtll_code:
+        args.datasets, args.rtll_copies = ["digits"], min(args.rtll_copies, 1)
+    elif args.quick:
+        args.symmetry, args.datasets, args.symmetry_copies = True, ["digits"], min(args.symmetry_copies, 2)
+        args.innocent_copies, args.independents = min(args.innocent_copies, 40), min(args.independents, 3)
+        args.innocent_attacked = min(args.innocent_attacked, 1)
     for name in [] if args.docs_only else args.datasets:
-        (run_weights if args.weight_code else run)(name, args, command)
-    if not args.no_docs:
+        (run_rtll_code if args.rtll_code else run_symmetry if args.symmetry else run_weights if args.weight_code else run)(name, args, command)
+    if not args.no_docs and not args.quick:
         saved = [OUT / name / f"{name}.json" for name in ("mnist", "fashion-mnist")]
         weights = [OUT / name / f"{name}-weights.json" for name in ("mnist", "fashion-mnist")]
+        symmetry = [OUT / name / f"{name}-symmetry.json" for name in ("mnist", "fashion-mnist")]
+        rtll = [OUT / name / f"{name}-rtll-code.json" for name in ("mnist", "fashion-mnist")]
         write_section("tracing", "\n".join([section([load_results(p) for p in saved if p.is_file()])]
-                                           + [weight_section(load_results(p)) for p in weights if p.is_file()]))
+                                           + [weight_section(load_results(p)) for p in weights if p.is_file()]
+                                           + [symmetry_section(load_results(p)) for p in symmetry if p.is_file()]
+                                           + [rtll_section(load_results(p)) for p in rtll if p.is_file()]))
 
 
 if __name__ == "__main__":

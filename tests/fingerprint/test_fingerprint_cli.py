@@ -158,3 +158,21 @@ def test_trace_also_checks_an_apis_marked_answers(app, workdir, models, tmp_path
     ResponseStore(tmp_path / "empty.sqlite")
     r = runner.invoke(app, [*common[:-1], str(tmp_path / "empty.sqlite"), "--model", str(out / "acme.safetensors")])
     assert r.exit_code != 0 and "holds no marked answers" in str(r.exception)
+
+
+def test_trace_base_aligns_a_disguised_copy_unless_told_not_to(app, workdir):
+    """A copy whose hidden units the thief permuted and rescaled (same function) is named by ``trace --base``;
+    ``--no-align`` compares the weights as they are and the code is gone."""
+    from tracemark.attacks.symmetry import permute_units, rescale_units
+
+    out = workdir / "copies"
+    if not (out / "globex.safetensors").exists():
+        pytest.skip("needs the copies made by test_fingerprint_then_trace")
+    disguised = rescale_units(permute_units(tm.load_model(out / "globex.safetensors"), seed=1), seed=2)
+    tm.save_model(disguised, workdir / "disguised.safetensors")
+    common = ["trace", "--key", str(workdir / "master.key"), "--registry", str(out / "registry.sqlite"), "--json",
+              "--model", str(workdir / "disguised.safetensors"), "--base", str(workdir / "base.safetensors")]
+    aligned = json.loads(runner.invoke(app, common).output)
+    assert aligned["weights"]["accused"] == ["globex"] and aligned["weights"]["best"]["log10_p_adjusted"] < -20
+    plain = json.loads(runner.invoke(app, [*common, "--no-align"]).output)
+    assert plain["weights"]["accused"] == [] and plain["weights"]["alignment"] is None

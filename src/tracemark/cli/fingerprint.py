@@ -24,7 +24,8 @@ def fingerprint(
     data: str = typer.Option("digits", help=suspect.data_help("Training data for the fine-tunes")),
     registry: Optional[Path] = typer.Option(None, help=f"Customer registry (SQLite; default OUT/{REGISTRY_NAME}); new customers are added to an existing one, customers that already have a copy are refused."),
     drawings: Optional[int] = typer.Option(None, help="Secret drawings in the scheme (default ceil(100/classes)); only for a new registry."),
-    workers: int = typer.Option(2, help="Processes making copies in parallel (one torch thread each)."),
+    workers: int = typer.Option(2, help="Processes making copies in parallel (one torch thread each; on a GPU the copies are made one after another)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where the base's body and the fine-tunes run: cuda, cuda:N, mps or cpu (default: CUDA, else MPS, else CPU)."),
     lr: float = typer.Option(1e-3, help="Learning rate of each customer's fine-tune (of the model's head)."),
     max_steps: int = typer.Option(3000, help="Most fine-tuning steps per customer."),
     max_clean_drop: float = typer.Option(0.003, help="Largest clean-accuracy drop allowed per copy (fraction)."),
@@ -37,14 +38,17 @@ def fingerprint(
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Make one marked copy of a base model per customer, each carrying its own code (exit code 1 if a copy missed its code goal)."""
+    """Make one marked copy of a base model per customer, each carrying its own code and keeping the master key's
+    trigger mark of the base (exit code 1 if a copy missed its code goal)."""
     import torch
 
     from tracemark.data import load_dataset, load_model
+    from tracemark.data.devices import resolve_device
     from tracemark.fingerprint import FingerprintScheme, Registry, TrainSettings, fanout, read_customers_file, record_customer_code
     from tracemark.fingerprint.errors import DuplicateCustomerError
     from tracemark.ledger import record_embedded
 
+    dev = resolve_device(device)  # a device that is not here: one line, before any work
     ids = read_customers_file(customers)
     wm_key = load_key(key)
     registry_path = registry or out / REGISTRY_NAME
@@ -90,7 +94,7 @@ def fingerprint(
                          licence=packed.licence.to_dict(), quiet=as_json)
 
     result = fanout(base, scheme, ids, dataset, out, workers=workers, settings=settings, on_copy=on_copy,
-                    show_progress=not as_json)
+                    show_progress=not as_json, device=dev)
     if not as_json:
         console.print(f"registry: {reg}")
     emit(result, as_json)
@@ -141,6 +145,8 @@ def trace(
     input_shape: Optional[str] = suspect.INPUT_SHAPE_OPT,
     classes: Optional[int] = suspect.CLASSES_OPT,
     base: Optional[Path] = typer.Option(None, "--base", help="With --model: the base model the copies were made from; also runs the weight test (checked against the registry's base hash)."),
+    no_align: bool = typer.Option(False, "--no-align", help="With --base: compare the suspect's weights as they are, "
+                                  "without first aligning its hidden units (permuted, rescaled, added) to the base's."),
     alpha: float = typer.Option(1e-9, help="False-accusation rate over all customers together (split between the two tests with --base)."),
     max_queries: Optional[int] = typer.Option(None, help="Ask at most this many queries (default: all, D×classes)."),
     responses_db: Optional[Path] = typer.Option(None, "--responses-db", help="Also ask the suspect the marked answers of "
@@ -175,7 +181,7 @@ def trace(
     clones = None
     try:
         result = run_trace(scheme, reg.customers(), target, alpha=alpha, max_queries=max_queries, batch_size=batch_size,
-                           base=base_model)
+                           base=base_model, align=not no_align)
         if evidence is not None:
             from tracemark.extraction.clones import check_clone
 

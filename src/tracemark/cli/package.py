@@ -84,6 +84,31 @@ def signer_warnings() -> Iterator[None]:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _weight_coded(model: Path, registry: Path, master_key: Optional[Path], customer: str, strength: float,
+                  ledger: Optional[Path], quiet: bool) -> tuple:
+    """The base at ``model`` with ``customer``'s weight code added, and the registry (the customer added if new)."""
+    from tracemark.cli._options import load_key
+    from tracemark.data import load_model
+    from tracemark.fingerprint import Registry, record_customer_code
+    from tracemark.fingerprint.weights import weight_coded_copy
+    from tracemark.ledger import file_sha256
+
+    if master_key is None:
+        raise typer.BadParameter("the weight code is derived from the master key: give --master-key with --registry",
+                                 param_hint="--master-key")
+    reg = Registry.open(registry)
+    scheme = reg.scheme(load_key(master_key))
+    reg.set_base(file_sha256(model))  # refuses a base other than the one the registry's copies were made from
+    records = {r.id: r for r in reg.records()}
+    if customer not in records:
+        reg.add(scheme, customer)
+        record_event(ledger, record_customer_code, scheme, customer, quiet=quiet)
+    elif records[customer].model_sha256 and not (records[customer].report or {}).get("made_by") == "pack":
+        raise PackageError(f"customer {customer!r} already has a trained copy in {registry} ({records[customer].model_path}); "
+                           "pack that file instead (without --registry)")
+    return weight_coded_copy(load_model(model), scheme, customer, strength), reg
+
+
 def register(root: typer.Typer) -> None:
     """Add ``pack``, ``inspect``, ``unpack`` and the ``vendor`` / ``device`` groups to ``root``."""
     from tracemark.package.wrap.tpm import DEFAULT_PCRS, DEFAULT_TCTI
@@ -117,10 +142,13 @@ def register(root: typer.Typer) -> None:
         machine_devices: list[Path] = typer.Option([], "--machine-device", help="Bind to this enrolled device's machine secret (weak)."),
         model_id: Optional[str] = typer.Option(None, "--model-id", help="Model id in the manifest (default: file name)."),
         chunk_mib: int = typer.Option(4, "--chunk-mib", help="Chunk size in MiB."),
+        registry: Optional[Path] = typer.Option(None, "--registry", help="Customer registry (tracemark fingerprint's): pack the base MODEL with --customer's weight code added (no training), recorded there as the customer's copy; needs --master-key."),
+        master_key: Optional[Path] = typer.Option(None, "--master-key", help="With --registry: the master watermark key the registry was made with."),
+        weight_strength: float = typer.Option(0.02, "--weight-strength", help="With --registry: strength of the weight code (times each tensor's RMS)."),
         ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
         as_json: bool = JSON_OPT,
     ) -> None:
-        """Encrypt, license and sign a model into one package file."""
+        """Encrypt, license and sign a model into one package file (with --registry: a customer's weight-coded copy of the base)."""
         from tracemark.package import (
             DeviceEnrolment, Licence, MachineWrap, OutputPolicy, PassphraseWrap, RecipientWrap, TpmWrap, VendorKey,
             VendorPublicKey, pack_model,
@@ -138,10 +166,18 @@ def register(root: typer.Typer) -> None:
         wraps += [RecipientWrap(VendorPublicKey.load(r)) for r in recipients]
         wraps += [TpmWrap(DeviceEnrolment.load(p)) for p in tpm_devices]
         wraps += [MachineWrap(DeviceEnrolment.load(p)) for p in machine_devices]
-        result = pack_model(model, out, vendor=vendor, licence=licence, wraps=wraps, model_id=model_id, chunk_size=chunk_mib << 20)
         from tracemark.ledger import file_sha256, record_packaged
 
-        record_event(ledger, record_packaged, file_sha256(out), customer, model_sha256=file_sha256(model),
+        coded = None if registry is None else _weight_coded(model, registry, master_key, customer, weight_strength, ledger, as_json)
+        result = pack_model(model if coded is None else coded[0], out, vendor=vendor, licence=licence, wraps=wraps,
+                            model_id=model_id, chunk_size=chunk_mib << 20)
+        if coded is not None:
+            reg = coded[1]
+            reg.set_copy(customer, "", result.model_sha256, {"made_by": "pack", "weight_strength": weight_strength,
+                                                             "black_box_code": False, "base_sha256": file_sha256(model)})
+            reg.set_package(customer, str(out), file_sha256(out))
+        record_event(ledger, record_packaged, file_sha256(out), customer,
+                     model_sha256=file_sha256(model) if coded is None else result.model_sha256,
                      licence=licence.to_dict() if hasattr(licence, "to_dict") else None, quiet=as_json)
         emit(result, as_json)
 

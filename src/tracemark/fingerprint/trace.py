@@ -9,8 +9,9 @@ and multiplying it by the number of customers (Bonferroni) keeps the chance of a
 innocent customer at most ``alpha``.
 
 Given the base model's weights and a suspect model file, :func:`trace` also runs the weight
-test (:mod:`tracemark.fingerprint.weights`); each test then gets ``alpha / 2`` (Bonferroni over
-the two) and a customer named by either is accused.
+test (:mod:`tracemark.fingerprint.weights`, after aligning the suspect's hidden units to the
+base's); each test then gets ``alpha / 2`` (Bonferroni over the two) and a customer named by
+either is accused.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def trace(
     max_queries: int | None = None,
     batch_size: int = 100,
     base: nn.Module | None = None,
+    align: bool = True,
 ) -> TraceResult:
     """Ask ``target`` the tracing queries and name the customer whose code it carries, if any.
 
@@ -176,7 +178,9 @@ def trace(
     ``inconclusive``. With ``base`` (the model the copies were made from) the suspect's
     weights are also scored, if ``target`` is a local torch model of the base's
     architecture (else the weight test reports that it does not apply); each test then
-    gets ``alpha / 2``.
+    gets ``alpha / 2``. ``align`` (default) first aligns the suspect's hidden units to the base's
+    (:mod:`tracemark.fingerprint.align`; the weight test's ``alignment`` says what moved);
+    ``align=False`` compares the weights as they are.
     """
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
@@ -196,7 +200,7 @@ def trace(
     scores = score_answers(scheme, customers, answers, labels)
     test_alpha = alpha if base is None else alpha / 2  # Bonferroni over the two tests
     weights = None if base is None else weight_trace(scheme, customers, getattr(target, "module", None), base,
-                                                     alpha=test_alpha)
+                                                     alpha=test_alpha, align=align)
     order = sorted(range(len(scores)), key=lambda i: (scores[i].log10_p, -scores[i].matches, scores[i].customer))
     ranked = [scores[i] for i in order]
     threshold = math.log10(test_alpha / len(customers))
@@ -239,7 +243,9 @@ def record_trace(ledger: Any, result: TraceResult, transcript: bytes | str | os.
     if result.weights is not None:
         w = result.weights
         payload["weight_test"] = {"applies": w.applies, "accused": list(w.accused), "compared": w.compared,
-                                  "log10_p": None if w.best is None else w.best.log10_p, "note": w.note}
+                                  "log10_p": None if w.best is None else w.best.log10_p, "note": w.note,
+                                  "alignment": None if w.alignment is None else w.alignment.method,
+                                  "units_moved": None if w.alignment is None else w.alignment.moved}
     payload["result_sha256"] = ledger.attach(canonical_json(doc))
     if transcript is not None:
         data = transcript if isinstance(transcript, bytes) else Path(transcript).read_bytes()

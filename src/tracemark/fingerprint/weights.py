@@ -10,14 +10,19 @@ entries, entries with ``d == 0`` or a zero (pruned) suspect weight dropped, and 
 where ``sign(d)`` agrees with ``s_c``. For a suspect not derived from customer ``c``'s copy,
 ``s_c`` is independent of it, so ``k ~ Binomial(n, 1/2)`` exactly; the p-value is that tail,
 and Bonferroni over the customers bounds the chance of accusing any innocent one.
+
+By default the suspect is first aligned to the base (:mod:`tracemark.fingerprint.align`: its
+hidden units permuted back into the base's order, positive per-unit rescaling undone, added
+units left out), which reads only the two models, so the null above stays exact.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ from scipy import special, stats
 from torch import nn
 
 from tracemark._util import rng
+from tracemark.fingerprint.align import AlignmentReport, NotAlignable, align_to_base
 from tracemark.fingerprint.codes import FingerprintScheme
 from tracemark.fingerprint.errors import FingerprintError
 
@@ -71,6 +77,14 @@ def add_weight_code(model: nn.Module, scheme: FingerprintScheme, customer_id: st
         start += p.numel()
 
 
+def weight_coded_copy(base: nn.Module, scheme: FingerprintScheme, customer_id: str,
+                      strength: float = DEFAULT_STRENGTH) -> nn.Module:
+    """A copy of ``base`` carrying ``customer_id``'s weight code and nothing else (no training: seconds; ``base`` unchanged)."""
+    model = copy.deepcopy(base)
+    add_weight_code(model, scheme, customer_id, strength)
+    return model.eval()
+
+
 @dataclass(frozen=True)
 class WeightScore:
     """One customer's weight-code score: ``agreements`` of ``compared`` signs; ``log10_p`` of the exact binomial tail."""
@@ -100,6 +114,7 @@ class WeightTrace:
     compared: int
     seconds: float = 0.0
     note: str = ""
+    alignment: AlignmentReport | None = None
 
     @property
     def customer(self) -> str | None:
@@ -112,7 +127,8 @@ class WeightTrace:
         return self.runner_up.log10_p - self.best.log10_p
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "customer": self.customer, "margin_log10": self.margin_log10}
+        return {**asdict(self), "customer": self.customer, "margin_log10": self.margin_log10,
+                "alignment": None if self.alignment is None else self.alignment.to_dict()}
 
     def lines(self) -> list[str]:
         """Human-readable summary lines (for :class:`~tracemark.fingerprint.trace.TraceResult`)."""
@@ -128,6 +144,8 @@ class WeightTrace:
                        f"adjusted {s.log10_p_adjusted:.1f}")
         if self.margin_log10 is not None:
             out.append(f"    margin to runner-up: {self.margin_log10:.1f} orders of magnitude")
+        if self.alignment is not None:
+            out.append(f"    {self.alignment.line()}")
         if self.note:
             out.append(f"    note: {self.note}")
         return out
@@ -144,11 +162,8 @@ def log10_half_tail(k: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(out, 0.0) / math.log(10)
 
 
-def _mismatch(suspect: nn.Module, base: nn.Module) -> str:
-    """Why ``suspect``'s coded weights cannot be compared with ``base``'s, or '' if they can."""
-    if not isinstance(suspect, nn.Module):
-        return "the suspect's weights are not available (not a torch model file)"
-    theirs = dict(suspect.named_parameters())
+def _mismatch(theirs: Mapping[str, torch.Tensor], base: nn.Module) -> str:
+    """Why the suspect's parameters ``theirs`` cannot be compared with ``base``'s coded ones, or '' if they can."""
     for name, p in coded_parameters(base):
         if name not in theirs:
             return f"the suspect has no parameter {name!r} (another architecture than the base)"
@@ -158,22 +173,39 @@ def _mismatch(suspect: nn.Module, base: nn.Module) -> str:
     return ""
 
 
+def _aligned(suspect: nn.Module, base: nn.Module) -> tuple[Mapping[str, torch.Tensor], AlignmentReport]:
+    """The suspect's parameters aligned to the base, or as they are (``method`` ``none``) where alignment does not apply."""
+    try:
+        state, report = align_to_base(suspect, base)
+    except NotAlignable as exc:
+        return dict(suspect.named_parameters()), AlignmentReport("none", [], f"compared unaligned: {exc}")
+    return state, report
+
+
 def weight_trace(scheme: FingerprintScheme, customers: Sequence[str], suspect: nn.Module, base: nn.Module, *,
-                 alpha: float, shown: int = 5) -> WeightTrace:
-    """Score every customer's weight code in ``suspect`` against ``base`` (the model the copies were made from)."""
+                 alpha: float, shown: int = 5, align: bool = True) -> WeightTrace:
+    """Score every customer's weight code in ``suspect`` against ``base`` (the model the copies were made from).
+
+    With ``align`` (the default) the suspect's hidden units are first aligned to the base's
+    (:func:`~tracemark.fingerprint.align.align_to_base`); the result's ``alignment`` says what
+    moved. ``align=False`` compares the suspect's parameters as they are.
+    """
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
     if not customers:
         raise ValueError("no customers to score")
     start = time.perf_counter()
     entries = _entries(base)
-    why = _mismatch(suspect, base)
+    if not isinstance(suspect, nn.Module):
+        return WeightTrace(False, [], None, None, [], alpha, len(customers), entries, 0,
+                           note="the suspect's weights are not available (not a torch model file)")
+    theirs, alignment = _aligned(suspect, base) if align else (dict(suspect.named_parameters()), None)
+    why = _mismatch(theirs, base)
     if why:
-        return WeightTrace(False, [], None, None, [], alpha, len(customers), entries, 0, note=why)
-    theirs = dict(suspect.named_parameters())
+        return WeightTrace(False, [], None, None, [], alpha, len(customers), entries, 0, note=why, alignment=alignment)
     with torch.no_grad():
-        suspect_w = torch.cat([theirs[name].detach().float().reshape(-1) for name, _ in coded_parameters(base)]).numpy()
-        base_w = torch.cat([p.detach().float().reshape(-1) for _, p in coded_parameters(base)]).numpy()
+        suspect_w = torch.cat([theirs[name].detach().cpu().float().reshape(-1) for name, _ in coded_parameters(base)]).numpy()
+        base_w = torch.cat([p.detach().cpu().float().reshape(-1) for _, p in coded_parameters(base)]).numpy()
     d = suspect_w - base_w
     changed = (d != 0) & (suspect_w != 0)  # unchanged or pruned entries say nothing; the mask depends on the suspect alone
     compared = int(changed.sum())
@@ -190,4 +222,5 @@ def weight_trace(scheme: FingerprintScheme, customers: Sequence[str], suspect: n
     accused = [s.customer for s in ranked if s.log10_p_adjusted <= math.log10(alpha)]
     note = "" if compared else "the suspect's coded weights equal the base's (or are zero)"
     return WeightTrace(True, accused, ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None,
-                       ranked[:shown], alpha, len(customers), entries, compared, time.perf_counter() - start, note)
+                       ranked[:shown], alpha, len(customers), entries, compared, time.perf_counter() - start, note,
+                       alignment)

@@ -5,20 +5,21 @@ over at most ``chunk_size`` plaintext bytes, stored as ciphertext followed by it
 Moving a chunk changes its nonce and associated data, dropping the final one leaves no chunk
 flagged last, and every tag is covered by the signed manifest, so reordering, truncation and
 substitution all fail. Chunks keep each GCM call far below its 2^31-byte limit, so models of any
-size work; decryption runs on several threads (the cipher releases the GIL) straight into one
-preallocated buffer.
+size work; decryption runs on several threads (the cipher releases the GIL), each reading its own
+chunks, straight into one preallocated buffer.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tracemark.errors import PackageError
@@ -30,6 +31,14 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 MAX_CHUNK_SIZE = 1 << 30
 AAD_LABEL = b"tracemark-package/1 chunk\x00"
 PARALLEL_THRESHOLD = 32 << 20
+MAX_WORKERS = 8
+ANON_MAP_THRESHOLD = 1 << 20  # smaller plaintexts go into a bytearray
+WIPE_STEP = 16 << 20
+MADV_POPULATE_WRITE = 23  # Linux's value; Python's mmap module does not name it
+_CAN_POPULATE = sys.platform.startswith("linux") and hasattr(mmap.mmap, "madvise")
+
+PlainBuffer = bytearray | mmap.mmap
+"""Decrypted model bytes: a ``bytearray`` or, for large models, an anonymous (never file-backed) memory map."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,45 @@ def read_tags(fd: int, payload_offset: int, layout: ChunkLayout) -> list[bytes]:
     return tags
 
 
+def new_plaintext_buffer(size: int) -> PlainBuffer:
+    """A writable buffer of ``size`` bytes for plaintext: anonymous private memory, never a file.
+
+    Large buffers are an anonymous memory map, which costs nothing until written (a ``bytearray``
+    would first zero every page on one thread, as long again as the decryption itself).
+    """
+    if size < ANON_MAP_THRESHOLD:
+        return bytearray(size)
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)  # Windows: anonymous memory backed by the paging file, like any other
+
+
+def wipe(buffer: PlainBuffer) -> None:
+    """Overwrite ``buffer`` with zeros in place (chunk by chunk, so no second buffer of its size)."""
+    view = memoryview(buffer).cast("B")
+    zeros = bytes(min(len(view), WIPE_STEP))
+    for start in range(0, len(view), WIPE_STEP):
+        end = min(start + WIPE_STEP, len(view))
+        view[start:end] = zeros[: end - start]
+    view.release()
+
+
+def _populate(buffer: PlainBuffer, start: int, length: int) -> None:
+    """Fault in ``buffer[start:start+length]`` in one system call where the kernel offers it (Linux >= 5.14).
+
+    Only an optimisation: a page the kernel does not populate is faulted in by the first write.
+    """
+    global _CAN_POPULATE
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: the kernel wants aligned ranges
+    end = (start + length) // mmap.PAGESIZE * mmap.PAGESIZE
+    if not _CAN_POPULATE or not isinstance(buffer, mmap.mmap) or end <= first:
+        return
+    try:
+        buffer.madvise(MADV_POPULATE_WRITE, first, end - first)
+    except OSError:  # EINVAL: a kernel without MADV_POPULATE_WRITE
+        _CAN_POPULATE = False
+
+
 def decrypt_into_memory(
     fd: int,
     payload_offset: int,
@@ -113,34 +161,38 @@ def decrypt_into_memory(
     tags: list[bytes],
     workers: int | None = None,
     source: str = "<package>",
-) -> bytearray:
+) -> PlainBuffer:
     """Decrypt every chunk of the payload at ``payload_offset`` in ``fd`` into one new buffer.
 
     ``tags`` are the tags the signature vouched for; each chunk must authenticate under its own
-    tag, nonce and associated data, or :class:`CorruptPackageError` names the chunk. The
-    plaintext exists only in the returned buffer (no file, no intermediate copies).
+    tag, nonce and associated data, or :class:`CorruptPackageError` names the chunk (the tag
+    stored in the file is replaced by the vouched-for one before decryption, so a file changed
+    after the tags were checked cannot slip in another tag). Each worker reads its chunk
+    (``os.preadv``, so reading overlaps decryption) into its own small buffer and decrypts it
+    straight into its place in the result. The plaintext exists only in the returned buffer (no
+    file, no other copy); on failure that buffer is wiped before the error propagates.
     """
-    # GCM's update_into wants room for one extra block; the slack is never written.
-    out = bytearray(layout.plaintext_size + 15)
-    view = memoryview(out)
-    count = layout.count
-    scratch = threading.local()  # one reusable ciphertext buffer per thread
+    out = new_plaintext_buffer(layout.plaintext_size)
+    view = memoryview(out).cast("B")
+    count, chunk = layout.count, layout.chunk_size
+    local = threading.local()  # per thread: a reusable ciphertext buffer and a cipher object
 
     def one(index: int) -> None:
         length = layout.plain_len(index)
-        start = payload_offset + layout.cipher_offset(index)
-        if getattr(scratch, "buf", None) is None:
-            scratch.buf = bytearray(layout.chunk_size if count > 1 else length)
-        ciphertext = memoryview(scratch.buf)[:length]
-        got = os.preadv(fd, [ciphertext], start) if length else 0
+        if getattr(local, "sealed", None) is None:
+            local.sealed, local.aead = bytearray((chunk if count > 1 else length) + TAG_SIZE), AESGCM(key)
+        sealed = memoryview(local.sealed)[: length + TAG_SIZE]
+        got = os.preadv(fd, [sealed[:length]], payload_offset + layout.cipher_offset(index)) if length else 0
         if got != length:
             raise CorruptPackageError(f"{source}: package truncated inside chunk {index} of {count}")
-        decryptor = Cipher(algorithms.AES(key), modes.GCM(chunk_nonce(nonce_prefix, index), tags[index])).decryptor()
-        decryptor.authenticate_additional_data(chunk_aad(package_id, index, index == count - 1))
-        offset = index * layout.chunk_size
-        decryptor.update_into(ciphertext, view[offset : offset + length + 15])
+        sealed[length:] = tags[index]
+        offset = index * chunk
+        _populate(out, offset, length)
         try:
-            decryptor.finalize()
+            local.aead.decrypt_into(
+                chunk_nonce(nonce_prefix, index), sealed, chunk_aad(package_id, index, index == count - 1),
+                view[offset : offset + length],
+            )
         except InvalidTag as exc:
             raise CorruptPackageError(
                 f"{source}: chunk {index} of {count} does not authenticate (altered, moved or truncated); "
@@ -148,7 +200,7 @@ def decrypt_into_memory(
             ) from exc
 
     if workers is None:  # threads only pay off once there is real work to share
-        workers = 1 if layout.plaintext_size < PARALLEL_THRESHOLD else min(count, os.cpu_count() or 1, 8)
+        workers = 1 if layout.plaintext_size < PARALLEL_THRESHOLD else min(count, os.cpu_count() or 1, MAX_WORKERS)
     try:
         if workers <= 1:
             for index in range(count):
@@ -158,9 +210,8 @@ def decrypt_into_memory(
                 for future in [pool.submit(one, i) for i in range(count)]:
                     future.result()
     except BaseException:
-        view[:] = b"\x00" * len(view)  # leave no partial plaintext behind
         view.release()
+        wipe(out)  # leave no partial plaintext behind
         raise
     view.release()
-    del out[layout.plaintext_size :]
     return out

@@ -19,7 +19,7 @@ import torch
 
 from tracemark._util.files import atomic_write_bytes
 from tracemark.errors import PackageError, TracemarkError
-from tracemark.package.chunks import decrypt_into_memory, read_tags
+from tracemark.package.chunks import PlainBuffer, decrypt_into_memory, read_tags, wipe
 from tracemark.package.device import device_id as this_device_id
 from tracemark.package.errors import CorruptPackageError, KeyUnwrapError
 from tracemark.package.format import Container, Manifest, read_container
@@ -169,7 +169,7 @@ def inspect_package(
         if unlockers is not None:
             plain, used = _decrypt(fd, container, manifest, tags, _as_list(unlockers), source, workers)
             matches = hashlib.sha256(plain).hexdigest() == manifest.model.sha256
-            plain[:] = bytes(len(plain))
+            wipe(plain)
             if not matches:
                 raise CorruptPackageError(f"{source}: decrypted model does not match the manifest's SHA-256")
             checked.append(f"every chunk decrypts and authenticates, model SHA-256 matches (opened with {used})")
@@ -207,7 +207,7 @@ def _as_list(unlockers: Unlocker | Sequence[Unlocker]) -> list[Unlocker]:
 
 def _decrypt(
     fd: int, container: Container, manifest: Manifest, tags: list[bytes], unlockers: list[Unlocker], source: str, workers: int | None
-) -> tuple[bytearray, str]:
+) -> tuple[PlainBuffer, str]:
     data_key, used = _unwrap(manifest, unlockers, source)
     payload = manifest.payload
     plain = decrypt_into_memory(
@@ -225,8 +225,11 @@ def decrypt_package(
     device_id: str | None = None,
     now: datetime | None = None,
     workers: int | None = None,
-) -> tuple[Manifest, bytearray, str]:
+) -> tuple[Manifest, PlainBuffer, str]:
     """Verify, check the licence, unwrap and decrypt: the manifest, the plaintext model bytes and the stanza used.
+
+    The plaintext is a writable buffer in memory (a ``bytearray``, or an anonymous memory map for
+    large models): ``bytes(plain)``, ``memoryview(plain)`` and ``len(plain)`` work on both.
 
     The signer must be a pinned vendor key (``vendor_key``, else ``$TRACEMARK_VENDOR_PUB``, else the
     trusted-vendors directory; :mod:`tracemark.trust.signers`) or :class:`UntrustedSignerError` is raised;
@@ -240,7 +243,7 @@ def decrypt_package(
 def _decrypt_checked(
     path: str | Path, unlockers: Unlocker | Sequence[Unlocker], vendor_key: VendorKeys, trust_any_signer: bool,
     device_id: str | None, now: datetime | None, workers: int | None,
-) -> tuple[Manifest, bytearray, str, bool]:
+) -> tuple[Manifest, PlainBuffer, str, bool]:
     """:func:`decrypt_package`, also saying whether the signer is pinned."""
     path = Path(path)
     source = str(path)
@@ -279,10 +282,17 @@ def load_package(
         state = tensors_from_buffer(plain, source)
         if manifest.model.architecture is not None:
             model, state = module_from_tensors(state, manifest.model.architecture, source), None
-    elif fmt == "onnx":
-        session = onnx_session(plain, source)
-    else:
-        model = exported_module(plain, source)
+    else:  # onnxruntime and torch.export copy the bytes they are given: wipe ours once they are built
+        data = plain if fmt == "onnx" or isinstance(plain, bytearray) else bytearray(plain)  # trust.modelfiles takes a bytearray
+        try:
+            if fmt == "onnx":
+                session = onnx_session(data, source)
+            else:
+                model = exported_module(data, source)
+        finally:
+            wipe(data)
+            if data is not plain:
+                wipe(plain)
     return LoadedPackage(manifest, manifest.licence, model, session, state, used, pinned)
 
 

@@ -177,13 +177,21 @@ def check(
     classes: Optional[int] = CLASSES_OPT,
     client: list[str] = typer.Option([], "--client", help="Only test this client (name or id; repeatable; needs --clients-db)."),
     evidence: Optional[Path] = typer.Option(None, "--evidence", help="Use an export (`tracemark responses export`) instead of the store."),
-    alpha: float = typer.Option(1e-6, help="Name a client only when its Bonferroni-adjusted p-value is at most this."),
+    alpha: float = typer.Option(1e-6, help="Name a client (or a coalition's pooled marks) only when its adjusted p-value is at most this."),
+    member_alpha: Optional[float] = typer.Option(None, help="A client joins a coalition only if its own Bonferroni-adjusted p-value "
+                                                            "is at most this (default: 1e-3, or alpha if larger)."),
+    max_coalition: int = typer.Option(8, help="Largest coalition of clients searched for (the adjustment counts every set up to it)."),
+    group: list[str] = typer.Option([], "--group", help="Also test these clients as one group, chosen without looking at the marks "
+                                                        "(comma-separated names or ids; repeatable; needs --clients-db)."),
+    groups_created_within: Optional[float] = typer.Option(None, "--groups-created-within", metavar="SECONDS",
+                                                          help="Also test, as groups, keys created within SECONDS of each other "
+                                                               "(from --clients-db)."),
     responses_db: Path = RESPONSES_DB_OPT,
     clients_db: Path = CLIENTS_DB_OPT,
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Ask a suspect every client's marked inputs and name the client whose answers it learned from."""
+    """Ask a suspect every client's marked inputs and name the clients (or the coalition of clients) whose answers it learned from."""
     from tracemark.extraction.clones import check_clone
     from tracemark.extraction.store import load_export
 
@@ -195,13 +203,18 @@ def check(
         evidence_sha256 = _sha256(evidence)
     else:
         source, evidence_sha256 = open_evidence(responses_db)
-    ids = None
-    if client:
+    ids, groups = None, []
+    if client or group or groups_created_within is not None:
+        from tracemark.extraction.coalitions import groups_created_together
         from tracemark.serve.clients import ClientStore
 
         clients = ClientStore(clients_db)
-        ids = [clients.get(name).id for name in client]
-    result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json)
+        ids = [clients.get(name).id for name in client] or None
+        groups = [[clients.get(name.strip()).id for name in text.split(",") if name.strip()] for text in group]
+        if groups_created_within is not None:
+            groups += groups_created_together(clients.list(), groups_created_within)
+    result = check_clone(source, target, alpha=alpha, clients=ids, show_progress=not as_json,
+                         member_alpha=member_alpha, max_coalition=max_coalition, groups=groups)
     record_event(ledger, record_clone_check, result, evidence_sha256, quiet=as_json)
     emit(result, as_json)
 
@@ -209,9 +222,13 @@ def check(
 def record_clone_check(ledger: Any, result: Any, evidence_sha256: str) -> Any:
     """Append a clone check (:class:`~tracemark.extraction.clones.CloneCheck`) and the evidence it used to ``ledger``."""
     named = result.named
+    coalition = result.coalition if result.coalition is not None and result.coalition.named else None
     return ledger.append(CLONE_CHECK, {
         "suspect": result.suspect, "outcome": result.outcome, "alpha": result.alpha, "margin_log10": result.margin,
         "named_client_id": named.client_id if named else None, "p_value": result.clients[0].p_adjusted if result.clients else None,
+        "named_client_ids": [c.client_id for c in result.named_clients],
+        "coalition_client_ids": [m.client_id for m in coalition.members] if coalition else None,
+        "coalition_p_value": coalition.p_adjusted if coalition else None,
         "evidence_sha256": evidence_sha256})
 
 

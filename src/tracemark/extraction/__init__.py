@@ -4,7 +4,8 @@
   small fraction of each client's inputs (DAWN), kept as evidence in a :class:`ResponseStore`; a
   :class:`MarkingProfile` marks inputs unlike the model's own data more often than typical ones.
 * :func:`check_clone` — ask a suspect (model, file or URL) each client's marked inputs and name the
-  client whose answers it learned from, with an exact p-value.
+  clients whose answers it learned from, with exact p-values; a :class:`Coalition` names a thief's several keys
+  from their pooled marks.
 * :class:`StealingMonitor` — PRADA, volume and class-coverage signals per client; alerts in SQLite and
   the ledger; optional throttling.
 
@@ -19,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "CloneCheck": "tracemark.extraction.clones",
     "ClientEvidence": "tracemark.extraction.clones",
     "check_clone": "tracemark.extraction.clones",
+    "Coalition": "tracemark.extraction.coalitions",
+    "find_coalition": "tracemark.extraction.coalitions",
     "ExtractionError": "tracemark.extraction.errors",
     "MarkingSecretError": "tracemark.extraction.errors",
     "MarkingWriteError": "tracemark.extraction.errors",

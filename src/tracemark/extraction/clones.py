@@ -17,9 +17,25 @@ client — answers without knowing ``w``, so:
   inputs the suspect answers off ``v``. Conditioning on ``d`` is much stronger than DAWN's unconditional
   test: an accurate clone agrees with ``v`` on the marks it did not memorise, and they cost nothing.
 
+**Units.** With region marks (:mod:`~tracemark.extraction.marking`) every unusual input of a marked region gets the
+same served label, so the marks of one region are not independent trials. Both tests therefore work on *units*: the
+marked inputs grouped by region (cell, model's label; :func:`marked_units`), each with a representative (its input of
+smallest input key — a choice that ignores every label) whose served label ``w`` is the unit's. ``w`` is uniform over
+the K−1 classes other than ``v`` and independent of everything the suspect says, whether it was drawn per input or per
+region, and independent across units; so
+
+* the rank test ranks ``w`` in the suspect's scores summed over the unit (one uniform rank per unit), and
+* the label test counts the unit's inputs the suspect labels ``w``: under the null that count is a uniform draw from
+  the unit's K−1 counts of off-``v`` labels, and the p-value of the total is the exact convolution of those draws
+  (:func:`agreement_pvalue`, floating point). A unit of one input is exactly the per-input tests above (the label test
+  is then Binomial(d, 1/(K−1))); per-input marks mostly are their own unit.
+
 The rank test is used whenever the suspect gives scores, the label test otherwise; the choice depends only
 on what the suspect returns. Every client is tested; p-values are Bonferroni-adjusted over the number of
-clients tested, and the best client is named only when its adjusted p-value is at most ``alpha``.
+clients tested, and **every** client whose adjusted p-value is at most ``alpha`` is named (a thief's several keys
+are all named, not one of several equals). Beside single clients, groups are tested with their marks pooled
+(:mod:`~tracemark.extraction.coalitions`): a thief who split its queries over several keys is named as the coalition
+of those keys even when no key alone clears ``alpha``.
 """
 
 from __future__ import annotations
@@ -28,21 +44,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import comb
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from tracemark._progress import progress_bar
 from tracemark.extraction.errors import NoMarkedResponsesError
+from tracemark.extraction.marking import cells, input_key
 from tracemark.extraction.store import MarkedSet, ResponseStore
 from tracemark.targets.base import Answers, Target
 from tracemark.verification.stats import binomial_pvalue, log10_or_floor
+
+if TYPE_CHECKING:
+    from tracemark.extraction.coalitions import Coalition
 
 DEFAULT_ALPHA = 1e-6
 """Default significance level for naming a client (after the Bonferroni adjustment)."""
 QUERY_CHUNK = 256
 
-Outcome = Literal["clone-of-client", "no-client-matches"]
+Outcome = Literal["clone-of-client", "clone-of-coalition", "no-client-matches"]
 Statistic = Literal["rank", "label"]
 
 
@@ -64,57 +84,87 @@ class ClientEvidence:
     null_rate: float
     p_value: float
     p_adjusted: float
+    units: int = 0
+    unit_counts: tuple[tuple[int, ...], ...] = field(default=(), repr=False, compare=False)
+    """Label test: each unit's counts of the suspect's labels over the K−1 classes other than the model's (its null)."""
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "unit_counts"}
 
     def __str__(self) -> str:
         if self.rank_sum is not None:
             null_mean = self.trials * (1.0 / self.null_rate - 1.0) / 2.0
-            test = (f"rank test: served label ranked first of the other classes {self.matches}/{self.trials}, "
+            test = (f"rank test over {self.trials} units: served label ranked first of the other classes {self.matches}/{self.trials}, "
                     f"rank sum {self.rank_sum} (null mean {null_mean:g})")
         else:
-            test = f"label test {self.matches}/{self.trials} (null {self.null_rate:.3g})"
+            test = (f"label test over {self.units} units: {self.matches} of {self.trials} off-label answers give their unit's "
+                    "served label")
         return (f"{self.client_name} ({self.client_id}): {test} ({self.label_matches} of {self.marked} marked labels reproduced, "
                 f"{self.disagreed} answered off the model's label), p = {self.p_value:.3g}, Bonferroni {self.p_adjusted:.3g}")
 
 
 @dataclass(frozen=True)
 class CloneCheck:
-    """The outcome for one suspect: every client's evidence (best first), the client named, and the margin."""
+    """The outcome for one suspect: every client's evidence (best first), the clients named, the coalition, the margin.
+
+    ``clone-of-client``: at least one client clears ``alpha`` on its own (all such clients are named);
+    ``clone-of-coalition``: none does, but a group's pooled marks do (:attr:`coalition`); else ``no-client-matches``.
+    """
 
     suspect: str
     alpha: float
     outcome: Outcome
     clients: list[ClientEvidence] = field(default_factory=list)
+    coalition: Coalition | None = None
 
     @property
     def named(self) -> ClientEvidence | None:
-        """The client the suspect learned from, or ``None``."""
+        """The strongest client named on its own, or ``None``."""
         return self.clients[0] if self.outcome == "clone-of-client" else None
 
     @property
+    def named_clients(self) -> list[ClientEvidence]:
+        """Every client whose own Bonferroni-adjusted p-value is at most ``alpha``, strongest first."""
+        return [c for c in self.clients if c.p_adjusted <= self.alpha]
+
+    @property
     def margin(self) -> float | None:
-        """Orders of magnitude (log10) between the best and the second-best adjusted p-value; ``None`` with one client."""
-        if len(self.clients) < 2:
+        """Orders of magnitude (log10) between the weakest client named (on its own, else in the named coalition, else
+        the best client) and the strongest client left out; ``None`` when every client is in."""
+        if self.named_clients:
+            inside = len(self.named_clients)
+        elif self.coalition is not None and self.coalition.named:
+            inside = len(self.coalition.members)
+        else:
+            inside = 1
+        if len(self.clients) <= inside:
             return None
-        return log10_or_floor(self.clients[1].p_adjusted) - log10_or_floor(self.clients[0].p_adjusted)
+        return log10_or_floor(self.clients[inside].p_adjusted) - log10_or_floor(self.clients[inside - 1].p_adjusted)
 
     def to_dict(self) -> dict:
         named = self.named
         return {"suspect": self.suspect, "alpha": self.alpha, "outcome": self.outcome,
-                "named": named.to_dict() if named else None, "margin_log10": self.margin,
+                "named": named.to_dict() if named else None, "named_clients": [c.to_dict() for c in self.named_clients],
+                "coalition": self.coalition.to_dict() if self.coalition is not None else None, "margin_log10": self.margin,
                 "clients": [c.to_dict() for c in self.clients]}
 
     def __str__(self) -> str:
         lines = [f"suspect: {self.suspect}"]
-        named = self.named
-        if named is None:
-            lines.append(f"no client matches (best Bonferroni-adjusted p-value above alpha = {self.alpha:g})")
-        else:
-            margin = f"; next client {self.margin:.1f} orders of magnitude behind" if self.margin is not None else ""
-            lines.append(f"learned from client {named.client_name} (p = {named.p_adjusted:.3g} after Bonferroni over "
+        named = self.named_clients
+        margin = f"; next client {self.margin:.1f} orders of magnitude behind" if self.margin is not None else ""
+        if len(named) == 1:
+            lines.append(f"learned from client {named[0].client_name} (p = {named[0].p_adjusted:.3g} after Bonferroni over "
                          f"{len(self.clients)} clients{margin})")
+        elif named:
+            who = ", ".join(f"{c.client_name} (p = {c.p_adjusted:.3g})" for c in named)
+            lines.append(f"learned from clients {who}, each on its own after Bonferroni over {len(self.clients)} clients{margin}")
+        elif self.coalition is not None and self.coalition.named:
+            lines.append(f"no client alone clears alpha = {self.alpha:g}, but a group does{margin}")
+        else:
+            lines.append(f"no client matches (best Bonferroni-adjusted p-value above alpha = {self.alpha:g}; "
+                         "no group's pooled marks clear it either)")
+        if self.coalition is not None and (len(self.coalition.members) > 1 and self.coalition.named or not named):
+            lines.append(f"coalition: {self.coalition}")
         lines += [f"  {c}" for c in self.clients]
         return "\n".join(lines)
 
@@ -164,30 +214,75 @@ def rank_sum_pvalue(total: int, n: int, num_classes: int) -> float:
     return float(Fraction(count, m**n))
 
 
+def marked_units(marked: MarkedSet) -> tuple[np.ndarray, np.ndarray]:
+    """Each marked input's unit (region: cell and model's label) and each unit's representative (its input of smallest
+    input key), as indices into ``marked``; units are numbered in order of (cell, label)."""
+    if not len(marked):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    region = np.stack([cells(marked.inputs), np.asarray(marked.model_labels, dtype=np.int64)], axis=1)
+    unit = np.unique(region, axis=0, return_inverse=True)[1].reshape(-1)
+    keys = np.array([input_key(x) for x in marked.inputs])
+    order = np.lexsort((keys, unit))
+    firsts = order[np.r_[0, np.flatnonzero(np.diff(unit[order])) + 1]]
+    return unit, firsts
+
+
 def evidence(marked: MarkedSet, suspect: Answers, tested: int) -> ClientEvidence:
-    """The exact test of one client's marked set against the suspect's answers (see the module docstring)."""
-    null = 1.0 / (marked.num_classes - 1)
-    labels = np.asarray(suspect.labels)
+    """The exact test of one client's marked set against the suspect's answers, over units (see the module docstring)."""
+    k = marked.num_classes
+    null = 1.0 / (k - 1)
+    labels = np.asarray(suspect.labels, dtype=np.int64)
     disagreed = int((labels != marked.model_labels).sum())
     label_matches = int((labels == marked.served_labels).sum())
+    unit, firsts = marked_units(marked)
+    unit_model, unit_served = np.asarray(marked.model_labels)[firsts], np.asarray(marked.served_labels)[firsts]
     scores = suspect.probabilities
     rank_sum: int | None = None
-    if scores is not None and np.asarray(scores).shape == (len(marked), marked.num_classes):
+    if scores is not None and np.asarray(scores).shape == (len(marked), k):
         statistic: Statistic = "rank"
-        ranks = served_label_ranks(np.asarray(scores), marked.model_labels, marked.served_labels)
-        matches, trials, rank_sum = int((ranks == 0).sum()), len(marked), int(ranks.sum())
-        p = rank_sum_pvalue(rank_sum, trials, marked.num_classes)
+        summed = np.zeros((len(firsts), k))
+        np.add.at(summed, unit, np.asarray(scores, dtype=np.float64))
+        ranks = served_label_ranks(summed, unit_model, unit_served)
+        matches, trials, rank_sum = int((ranks == 0).sum()), len(firsts), int(ranks.sum())
+        p = rank_sum_pvalue(rank_sum, trials, k)
     else:
-        statistic, matches, trials = "label", label_matches, disagreed
-        p = binomial_pvalue(matches, trials, null)
+        statistic = "label"
+        counts = np.zeros((len(firsts), k), dtype=np.int64)
+        np.add.at(counts, (unit, labels), 1)
+        matches = int(counts[np.arange(len(firsts)), unit_served].sum())
+        unit_counts = tuple(tuple(int(c) for c in np.delete(row, v)) for row, v in zip(counts, unit_model) if row.sum() > row[v])
+        trials = disagreed
+        p = agreement_pvalue(matches, unit_counts)
+        return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, None, label_matches,
+                              disagreed, null, p, min(1.0, p * tested), len(firsts), unit_counts)
     return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, rank_sum, label_matches,
-                          disagreed, null, p, min(1.0, p * tested))
+                          disagreed, null, p, min(1.0, p * tested), len(firsts))
+
+
+def agreement_pvalue(observed: int, unit_counts: Sequence[Sequence[int]]) -> float:
+    """``P(T >= observed)`` for ``T`` the sum over units of one draw, uniform over that unit's counts: the label test's
+    null (see the module docstring), by exact convolution in floating point."""
+    dist = np.ones(1)
+    for values in unit_counts:
+        new = np.zeros(len(dist) + max(values))
+        for count in values:
+            new[count:count + len(dist)] += dist
+        dist = new / len(values)
+    return float(min(1.0, dist[observed:].sum())) if observed < len(dist) else 0.0
 
 
 def check_clone(evidence_from: ResponseStore | Sequence[MarkedSet], suspect: Target, *, alpha: float = DEFAULT_ALPHA,
-                clients: list[str] | None = None, show_progress: bool = False) -> CloneCheck:
+                clients: list[str] | None = None, show_progress: bool = False, member_alpha: float | None = None,
+                max_coalition: int | None = None, groups: Sequence[Sequence[str]] = ()) -> CloneCheck:
     """Test ``suspect`` against every client's marked answers (a store, or sets loaded from an export), or only
-    ``clients`` (by id), and name the best match."""
+    ``clients`` (by id); name every client that clears ``alpha`` and the coalition whose pooled marks the suspect
+    learned (``member_alpha``, ``max_coalition``, ``groups`` of client ids chosen without looking at the marks: see
+    :func:`~tracemark.extraction.coalitions.find_coalition`)."""
+    from tracemark.extraction.coalitions import DEFAULT_MAX_SIZE, DEFAULT_MEMBER_ALPHA, check_levels, find_coalition
+
+    member_alpha = max(alpha, DEFAULT_MEMBER_ALPHA) if member_alpha is None else member_alpha
+    max_coalition = DEFAULT_MAX_SIZE if max_coalition is None else max_coalition
+    check_levels(alpha, member_alpha, max_coalition)  # before the suspect is asked anything
     if isinstance(evidence_from, ResponseStore):
         ids = clients if clients is not None else [c.client_id for c in evidence_from.clients() if c.marked]
         sets = [s for s in (evidence_from.marked(cid) for cid in ids) if len(s)]
@@ -202,8 +297,10 @@ def check_clone(evidence_from: ResponseStore | Sequence[MarkedSet], suspect: Tar
         for marked in sets:
             results.append(evidence(marked, _answers(suspect, marked.inputs, advance), len(sets)))
     results.sort(key=lambda e: (e.p_adjusted, e.p_value, e.client_name))
-    outcome: Outcome = "clone-of-client" if results[0].p_adjusted <= alpha else "no-client-matches"
-    return CloneCheck(str(suspect), alpha, outcome, results)
+    coalition = find_coalition(results, alpha, member_alpha, max_coalition, groups)
+    outcome: Outcome = ("clone-of-client" if results[0].p_adjusted <= alpha
+                        else "clone-of-coalition" if coalition is not None and coalition.named else "no-client-matches")
+    return CloneCheck(str(suspect), alpha, outcome, results, coalition)
 
 
-__all__ = ["CloneCheck", "ClientEvidence", "check_clone", "evidence", "rank_sum_pvalue", "served_label_ranks", "DEFAULT_ALPHA"]
+__all__ = ["CloneCheck", "ClientEvidence", "check_clone", "evidence", "marked_units", "agreement_pvalue", "rank_sum_pvalue", "served_label_ranks", "DEFAULT_ALPHA"]

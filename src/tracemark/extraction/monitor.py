@@ -17,6 +17,19 @@ client and server process:
 * ``coverage`` — once a client has asked ``coverage_min_queries`` queries, the total-variation distance
   between the classes the model answered it and the expected class mix (``prior``, uniform unless
   given) exceeds ``coverage_tv``: out-of-domain query data piles onto a few classes.
+* ``coalition`` — several keys of one thief (sybil clients), treated as one client for the volume signal: a
+  client's *group* is itself and every other client (a) created within ``coalition_window_s`` of it (the
+  ``created`` time of the client store), (b) whose stream is like its own once both have asked
+  ``coalition_min_queries`` queries: answered-class mix within total-variation distance ``coalition_tv``, query
+  count within a factor ``coalition_ratio`` (a thief spreads its budget evenly; this keeps an honest key made
+  by chance near a thief's keys out of their group); the alert fires when the
+  group has at least two clients and their combined queries within ``volume_window_s`` exceed
+  ``coalition_volume``. Every member not yet flagged for it gets an alert naming the group (``group``), which
+  ``tracemark responses check --group`` can then test as a group given in advance (the alert looks only at
+  traffic, never at the marks).
+  The check runs every ``test_every`` queries of a client, outside its lock. Clients whose creation time
+  cannot be read take no part. Honest clients that were created together (one team's keys) and query alike
+  alert too once their combined volume is that high: the bench measures the rate on honest traffic.
 
 With ``throttle_rate`` set, a flagged client is held to that many queries per second (HTTP 429).
 State is kept in memory per server process (with several workers, each sees part of a client's stream):
@@ -31,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -44,8 +58,8 @@ from tracemark.serve.errors import RateLimitedError
 from tracemark.serve.ratelimit import Allowance, MemoryLimiter
 from tracemark.targets.base import Answers
 
-Signal = Literal["prada", "volume", "coverage"]
-SIGNALS: tuple[Signal, ...] = ("prada", "volume", "coverage")
+Signal = Literal["prada", "volume", "coverage", "coalition"]
+SIGNALS: tuple[Signal, ...] = ("prada", "volume", "coverage", "coalition")
 ALERT_EVENT = "extraction-alert"
 """Ledger event of a monitor alert."""
 _log = logging.getLogger(__name__)
@@ -59,15 +73,18 @@ CREATE TABLE IF NOT EXISTS extraction_alerts (
     queries INTEGER NOT NULL,
     value REAL NOT NULL,
     threshold REAL NOT NULL,
-    ledger_seq INTEGER
+    ledger_seq INTEGER,
+    group_members TEXT
 );
 CREATE INDEX IF NOT EXISTS extraction_alerts_client ON extraction_alerts (client_id, time);
 """
+_COLUMNS = "time, client_id, client_name, signal, queries, value, threshold, ledger_seq, group_members"
 
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert: which client, which signal, after how many of its queries, the value and the threshold."""
+    """One alert: which client, which signal, after how many of its queries, the value and the threshold; for a
+    ``coalition`` alert, the group's client names (comma-separated, the alerted client first)."""
 
     time: str
     client_id: str
@@ -77,13 +94,15 @@ class Alert:
     value: float
     threshold: float
     ledger_seq: int | None = None
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
         ledger = f" (ledger #{self.ledger_seq})" if self.ledger_seq is not None else ""
-        return (f"{self.time} {self.client_name} ({self.client_id}): {self.signal} after {self.queries} queries, "
+        group = f" with group {self.group}" if self.group else ""
+        return (f"{self.time} {self.client_name} ({self.client_id}): {self.signal}{group} after {self.queries} queries, "
                 f"value {self.value:.4g} vs threshold {self.threshold:.4g}{ledger}")
 
 
@@ -92,16 +111,19 @@ class AlertStore:
 
     def __init__(self, path: str) -> None:
         self.db = SqliteFile(path, _SCHEMA)
+        with self.db.write() as conn:  # a table made before coalition alerts lacks their column
+            if "group_members" not in {row[1] for row in conn.execute("PRAGMA table_info(extraction_alerts)")}:
+                conn.execute("ALTER TABLE extraction_alerts ADD COLUMN group_members TEXT")
 
     def add(self, alert: Alert) -> None:
         with self.db.write() as conn:
-            conn.execute("INSERT INTO extraction_alerts (time, client_id, client_name, signal, queries, value, threshold, ledger_seq)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (alert.time, alert.client_id, alert.client_name, alert.signal,
-                                                               alert.queries, alert.value, alert.threshold, alert.ledger_seq))
+            conn.execute(f"INSERT INTO extraction_alerts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (alert.time, alert.client_id, alert.client_name, alert.signal, alert.queries, alert.value,
+                          alert.threshold, alert.ledger_seq, alert.group))
 
     def list(self, client_id: str | None = None) -> list[Alert]:
         """Alerts, oldest first (one client's when ``client_id`` is given)."""
-        sql = "SELECT time, client_id, client_name, signal, queries, value, threshold, ledger_seq FROM extraction_alerts"
+        sql = f"SELECT {_COLUMNS} FROM extraction_alerts"
         args: tuple = ()
         if client_id is not None:
             sql, args = sql + " WHERE client_id = ?", (client_id,)
@@ -120,7 +142,8 @@ class _ClassHistory:
 
 @dataclass
 class _ClientState:
-    """What the monitor remembers of one client: counts, PRADA's sets and distances, recent volume, alerts raised."""
+    """What the monitor remembers of one client: counts, PRADA's sets and distances, recent volume, alerts raised, and
+    for the coalition signal the client itself, its creation time (epoch seconds) and when its group was last checked."""
 
     queries: int = 0
     counts: np.ndarray | None = None
@@ -130,6 +153,9 @@ class _ClientState:
     recent: deque = field(default_factory=deque)
     alerted: set = field(default_factory=set)
     last_test: int = 0
+    client: Client | None = None
+    created: float | None = None
+    last_group_test: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -167,9 +193,50 @@ class StealingMonitor:
     def __call__(self, client: Client, inputs: np.ndarray, answers: Answers) -> Answers:
         state = self.state(client.id)
         with state.lock:
+            if state.client is None:
+                state.client, state.created = client, created_seconds(client.created)
             self._observe(client, state, np.asarray(inputs, dtype=np.float32), np.asarray(answers.labels, dtype=np.int64),
                           np.asarray(answers.probabilities).shape[1] if answers.probabilities is not None else int(answers.labels.max()) + 1)
+            due = state.queries - state.last_group_test >= self.settings.test_every
+            if due:
+                state.last_group_test = state.queries
+        if due:
+            self._check_group(state)
         return answers
+
+    def _check_group(self, state: _ClientState) -> None:
+        """The coalition signal for one client (see the module docstring); takes each client's lock in turn."""
+        s = self.settings
+        if s.coalition_window_s is None or s.coalition_volume is None or state.created is None:
+            return
+        now = self.clock()
+        with self._lock:
+            others = list(self._states.values())
+        snaps = {}
+        for other in others:
+            if other.created is None or abs(other.created - state.created) > s.coalition_window_s:
+                continue
+            with other.lock:
+                if other.counts is None or other.client is None:
+                    continue
+                recent = sum(n for t, n in other.recent if t >= now - s.volume_window_s)
+                snaps[id(other)] = (other, other.client, other.queries, other.counts.copy(), recent)
+        me = snaps.get(id(state))
+        if me is None or me[2] < s.coalition_min_queries:
+            return
+        mix = me[3] / me[3].sum()
+        group = [me] + [snap for key, snap in snaps.items() if key != id(state) and snap[2] >= s.coalition_min_queries
+                        and max(snap[2], me[2]) <= s.coalition_ratio * min(snap[2], me[2])
+                        and len(snap[3]) == len(mix) and 0.5 * float(np.abs(snap[3] / snap[3].sum() - mix).sum()) <= s.coalition_tv]
+        volume = sum(snap[4] for snap in group)
+        if len(group) < 2 or volume <= s.coalition_volume:
+            return
+        names = ",".join(snap[1].name for snap in group)
+        for other, client, _, _, _ in group:
+            with other.lock:
+                if "coalition" in other.alerted:
+                    continue
+                self._alert(client, other, "coalition", volume, s.coalition_volume, names)
 
     def _observe(self, client: Client, state: _ClientState, x: np.ndarray, labels: np.ndarray, k: int) -> None:
         s = self.settings
@@ -235,12 +302,14 @@ class StealingMonitor:
             hist.size += 1
             admitted.append(d)
 
-    def _alert(self, client: Client, state: _ClientState, signal: Signal, value: float, threshold: float) -> None:
+    def _alert(self, client: Client, state: _ClientState, signal: Signal, value: float, threshold: float,
+               group: str | None = None) -> None:
         state.alerted.add(signal)
-        alert = Alert(utc_now(), client.id, client.name, signal, state.queries, float(value), float(threshold))
+        alert = Alert(utc_now(), client.id, client.name, signal, state.queries, float(value), float(threshold), group=group)
         if self.ledger is not None:
             try:
-                entry = self.ledger.append(ALERT_EVENT, {k: v for k, v in alert.to_dict().items() if k != "ledger_seq"})
+                entry = self.ledger.append(ALERT_EVENT, {k: v for k, v in alert.to_dict().items()
+                                                         if k != "ledger_seq" and (k != "group" or v is not None)})
                 alert = Alert(**{**alert.to_dict(), "ledger_seq": entry.seq})
             except (TracemarkError, OSError) as exc:  # an alert must not cost the client its answer
                 _log.warning("stealing alert %s for %s not recorded in the ledger: %s", signal, client.name, exc)
@@ -249,4 +318,13 @@ class StealingMonitor:
             self.alerts.add(alert)
 
 
-__all__ = ["Alert", "AlertStore", "MonitorSettings", "StealingMonitor", "SIGNALS", "ALERT_EVENT"]
+def created_seconds(created: str) -> float | None:
+    """A client's ``created`` time (ISO 8601, as the client store writes it) in epoch seconds; ``None`` if unreadable."""
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+__all__ = ["Alert", "AlertStore", "MonitorSettings", "StealingMonitor", "SIGNALS", "ALERT_EVENT", "created_seconds"]

@@ -17,6 +17,10 @@ than one surrounded by correctly answered neighbours. The profile therefore spli
 The score is computed on the input's canonical form (rounded to the marking grid), so the same canonical input
 always gets the same rate and the marking decision stays a function of the input alone. ``boost = 1`` is the
 uniform rate. Honest clients whose inputs are themselves unusual pay the unusual rate on those inputs.
+
+With ``region_marks`` (the default of :meth:`MarkingProfile.calibrate` since it was measured; profiles stored
+before it lack the field and keep per-input marks), the unusual rate selects *regions* rather than inputs: see
+:func:`~tracemark.extraction.marking.decide_region`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 
 from tracemark._util.canonical import canonical_json
 from tracemark.extraction.errors import MarkingProfileError
-from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_UNUSUAL_SHARE, MAX_RATE
+from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_REGION_MARKS, DEFAULT_UNUSUAL_SHARE, MAX_RATE
 
 PROFILE_FORMAT = "tracemark-marking-profile"
 PROFILE_VERSION = 1
@@ -59,6 +63,7 @@ class MarkingProfile:
     n_fit: int
     n_threshold: int
     data_sha256: str
+    region_marks: bool = False
 
     def __post_init__(self) -> None:
         _check_split(self.unusual_share, self.boost)
@@ -69,9 +74,10 @@ class MarkingProfile:
     @classmethod
     def calibrate(cls, x: np.ndarray, *, unusual_share: float = DEFAULT_UNUSUAL_SHARE, boost: float = DEFAULT_BOOST,
                   components: int = DEFAULT_COMPONENTS, n_fit: int = 5000, n_threshold: int = 5000, seed: int = 0,
-                  step: float = 1.0 / 255.0) -> "MarkingProfile":
+                  step: float = 1.0 / 255.0, region_marks: bool = DEFAULT_REGION_MARKS) -> "MarkingProfile":
         """Fit on a seeded random ``n_fit`` of ``x`` (N×C×H×W in-distribution images) and set the threshold on
-        ``n_threshold`` others; with fewer than ``n_fit + n_threshold`` images, half of them each."""
+        ``n_threshold`` others; with fewer than ``n_fit + n_threshold`` images, half of them each. ``region_marks``:
+        unusual inputs are marked by region (see the module docstring)."""
         _check_split(unusual_share, boost)
         x = np.ascontiguousarray(x, dtype="<f4")
         if x.ndim < 2:
@@ -95,7 +101,7 @@ class MarkingProfile:
         threshold = float(np.quantile(held_scores, 1.0 - unusual_share, method="higher"))
         digest = hashlib.sha256(memoryview(x).cast("B")).hexdigest()
         return cls(tuple(int(d) for d in x.shape[1:]), mean, basis, threshold, float(unusual_share), float(boost), int(seed),
-                   int(n_fit), int(n_threshold), digest)
+                   int(n_fit), int(n_threshold), digest, bool(region_marks))
 
     def scores(self, x: np.ndarray, step: float = 1.0 / 255.0) -> np.ndarray:
         """Each input's residual outside the profile's components, computed on its canonical form."""
@@ -118,7 +124,8 @@ class MarkingProfile:
         return np.where(self.scores(x, step) > self.threshold, self.unusual_rate(rate), self.typical_rate(rate))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "input_shape": list(self.input_shape),
+        extra = {"region_marks": True} if self.region_marks else {}  # absent: per-input marks (documents made before)
+        return {**extra, "format": PROFILE_FORMAT, "version": PROFILE_VERSION, "input_shape": list(self.input_shape),
                 "components_shape": list(self.components.shape), "mean_f32le_b64": _encode(self.mean),
                 "components_f32le_b64": _encode(self.components), "threshold": self.threshold,
                 "unusual_share": self.unusual_share, "boost": self.boost, "seed": self.seed, "n_fit": self.n_fit,
@@ -133,7 +140,7 @@ class MarkingProfile:
             return cls(shape, _decode(raw["mean_f32le_b64"], (math.prod(shape),)),
                        _decode(raw["components_f32le_b64"], tuple(int(d) for d in raw["components_shape"])),
                        float(raw["threshold"]), float(raw["unusual_share"]), float(raw["boost"]), int(raw["seed"]),
-                       int(raw["n_fit"]), int(raw["n_threshold"]), str(raw["data_sha256"]))
+                       int(raw["n_fit"]), int(raw["n_threshold"]), str(raw["data_sha256"]), raw.get("region_marks", False) is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise MarkingProfileError(f"malformed marking profile: {exc}") from exc
 
@@ -147,7 +154,7 @@ class MarkingProfile:
         return {"sha256": self.sha256, "unusual_share": self.unusual_share, "boost": self.boost,
                 "typical_rate": self.typical_rate(rate), "unusual_rate": self.unusual_rate(rate), "threshold": self.threshold,
                 "components": int(self.components.shape[0]), "seed": self.seed, "n_fit": self.n_fit,
-                "n_threshold": self.n_threshold, "data_sha256": self.data_sha256}
+                "n_threshold": self.n_threshold, "data_sha256": self.data_sha256, "region_marks": self.region_marks}
 
 
 def _check_split(unusual_share: float, boost: float) -> None:

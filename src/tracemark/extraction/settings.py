@@ -27,6 +27,14 @@ DEFAULT_BOOST = 30.0
 """With a marking profile, unusual inputs are marked this many times as often as typical ones."""
 DEFAULT_COMPONENTS = 50
 """Principal components of a marking profile's model of in-distribution inputs."""
+DEFAULT_REGION_MARKS = True
+"""With a marking profile (calibrated from now on), unusual inputs are marked by *region* — every unusual input of a marked
+region (cell, model label) gets the same keyed wrong label — so a clone trained on labels alone learns the marks (see
+:mod:`~tracemark.extraction.marking`). Measured on MNIST with 5,000 Fashion-MNIST queries (``bench/extraction.py --label-only``):
+the label-only clone was named from its labels (p 3e-7), where per-input marks left it unnamed, at the same honest cost."""
+CELL_GRID = 4
+"""A region's cell: which of the ``CELL_GRID × CELL_GRID`` blocks of an input are brighter than the input's mean (2^16 cells;
+a 3×3 grid gave fewer, larger regions and so fewer independent draws for the check)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,11 @@ class MonitorSettings:
     prior: tuple[float, ...] | None = None
     throttle_rate: float | None = None
     throttle_burst: float = 100.0
+    coalition_window_s: float | None = 600.0
+    coalition_tv: float = 0.2
+    coalition_ratio: float = 4.0
+    coalition_min_queries: int = 200
+    coalition_volume: int | None = 10_000
 
     def __post_init__(self) -> None:
         if self.prada_delta is not None and not 0.0 < self.prada_delta < 1.0:
@@ -59,6 +72,10 @@ class MonitorSettings:
             raise MonitorConfigError(f"coverage_tv is a total-variation distance in (0, 1), not {self.coverage_tv}")
         if self.prior is not None and (min(self.prior) < 0 or abs(sum(self.prior) - 1.0) > 1e-6):
             raise MonitorConfigError("prior must be non-negative class frequencies summing to 1")
+        if self.coalition_window_s is not None and self.coalition_window_s < 0 or not 0.0 < self.coalition_tv <= 1.0:
+            raise MonitorConfigError("coalition_window_s must be >= 0 and coalition_tv a total-variation distance in (0, 1]")
+        if self.coalition_min_queries < 1 or self.coalition_volume is not None and self.coalition_volume < 1 or self.coalition_ratio < 1:
+            raise MonitorConfigError("coalition_min_queries, coalition_volume and coalition_ratio must be >= 1")
         if self.throttle_rate is not None and (self.throttle_rate <= 0 or self.throttle_burst < 1):
             raise MonitorConfigError("throttle_rate must be > 0 and throttle_burst >= 1")
 
@@ -71,4 +88,5 @@ class MonitorSettings:
         return cls(**{**raw, "prior": tuple(prior) if prior is not None else None})
 
 
-__all__ = ["MonitorSettings", "DEFAULT_RATE", "DEFAULT_CAP", "MAX_RATE", "DEFAULT_BOOST", "DEFAULT_COMPONENTS", "DEFAULT_UNUSUAL_SHARE"]
+__all__ = ["MonitorSettings", "DEFAULT_RATE", "DEFAULT_CAP", "MAX_RATE", "DEFAULT_BOOST", "DEFAULT_COMPONENTS", "DEFAULT_UNUSUAL_SHARE",
+           "DEFAULT_REGION_MARKS", "CELL_GRID"]

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 import tracemark as tm
+from tests.cli_runs import cli_error, run
 from tests.user_models import small_residual
-from tracemark.cli import build_app, main
 
-runner = CliRunner()
-app = build_app()
 ARCH = "tests.user_models:small_residual"
-
-
-def run(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def cli_error(capsys, monkeypatch, *args: str) -> str:
-    """Run the console entry point; assert exit 2 with one ``error:`` line, and return it."""
-    monkeypatch.setattr(sys, "argv", ["tracemark", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
-    assert exc.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tracemark.errors import DatasetError, DatasetItemError
-from tracemark.trust.requests import ImageBounds
+from tracemark.trust.requests import ImageBounds, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGES_FILE, LABELS_FILE = "images.npy", "labels.npy"
@@ -80,21 +80,8 @@ class ImageFolder(Dataset):
 
     def _open(self, path: str):
         """The image at ``path`` opened (header only) and checked against the bounds."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            img = Image.open(path, formats=self.bounds.formats)
-        except Image.DecompressionBombError as exc:
-            raise DatasetItemError(f"{path}: refused as a decompression bomb ({exc})") from exc
-        except UnidentifiedImageError as exc:
-            raise DatasetItemError(f"{path}: not a readable image (not a {', '.join(self.bounds.formats)} file)") from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise DatasetItemError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
-        if img.width * img.height > self.bounds.max_pixels:
-            img.close()
-            raise DatasetItemError(f"{path}: {img.width}×{img.height} pixels, more than the {self.bounds.max_pixels} "
-                                   "decoded per image; shrink it (or raise ImageBounds.max_pixels)")
-        return img
+        return open_image(path, path, self.bounds, unreadable=DatasetItemError, too_large=DatasetItemError,
+                          hint="shrink it (or raise ImageBounds.max_pixels)")
 
     def _first_shape(self) -> tuple[int, int, int]:
         img = self._open(self.samples[0][0])

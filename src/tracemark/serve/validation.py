@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tracemark.serve.errors import ImageTooLargeError, InvalidInputError, UnsupportedMediaTypeError
-from tracemark.trust.requests import MAX_SHAPE_HEADER, NPY_MAX_HEADER, TENSOR_DTYPES, ImageBounds
+from tracemark.trust.requests import MAX_SHAPE_HEADER, NPY_MAX_HEADER, TENSOR_DTYPES, ImageBounds, open_image
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -255,21 +255,8 @@ def _images_ok(spec: InputSpec) -> None:
 
 def _open_image(data: bytes, name: str, bounds: ImageBounds) -> Any:
     """``data`` opened as an image of one of ``bounds.formats``, its header read and its size checked; no pixel decoded yet."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data), formats=bounds.formats)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name} is refused as a decompression bomb ({exc}); send images of at most {bounds.max_pixels} pixels") from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidInputError(f"{name} is not a readable image: not a {', '.join(bounds.formats)} file") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidInputError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
-    if img.width * img.height > bounds.max_pixels:
-        img.close()
-        raise ImageTooLargeError(f"{name} is {img.width}×{img.height} pixels; at most {bounds.max_pixels} are decoded, "
-                                 "so resize it before sending")
-    return img
+    return open_image(io.BytesIO(data), name, bounds, unreadable=InvalidInputError, too_large=ImageTooLargeError,
+                      hint="resize it before sending")
 
 
 def _pixels(img: Any, spec: InputSpec, name: str) -> np.ndarray:

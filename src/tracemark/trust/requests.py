@@ -12,6 +12,7 @@ before any pixel is decoded; raw tensors by :data:`TENSOR_DTYPES` (never an obje
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,27 @@ class ImageBounds:
     def __post_init__(self) -> None:
         if not 1 <= self.max_pixels <= self.max_request_pixels:
             raise ValueError(f"image bounds need 1 <= max_pixels <= max_request_pixels, got {self.max_pixels}, {self.max_request_pixels}")
+
+
+def open_image(source: Any, name: str, bounds: ImageBounds, *, unreadable: type[Exception], too_large: type[Exception],
+               hint: str) -> Any:
+    """``source`` (a path or a binary file) opened by Pillow as one of ``bounds.formats``, its header read and its size
+    checked against ``bounds.max_pixels``; no pixel is decoded yet. A file Pillow cannot read raises ``unreadable``, one
+    too large ``too_large``, each naming ``name`` and ending with ``hint`` (what the sender should do)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(source, formats=bounds.formats)
+    except Image.DecompressionBombError as exc:
+        raise too_large(f"{name}: refused as a decompression bomb ({exc}); {hint}") from exc
+    except UnidentifiedImageError as exc:
+        raise unreadable(f"{name}: not a readable image (not a {', '.join(bounds.formats)} file)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise unreadable(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    if img.width * img.height > bounds.max_pixels:
+        img.close()
+        raise too_large(f"{name}: {img.width}×{img.height} pixels, more than the {bounds.max_pixels} decoded per image; {hint}")
+    return img
 
 
 COUNT_JSON_ABOVE = 16 << 10

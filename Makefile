@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml .ci/system-deps.sh
 	bash .ci/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,tpm,attack]'
+	$(BIN)/pip install -q -e '.[test,tpm,attack,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -61,7 +61,7 @@ from tracemark.attacks.symmetry import permute_units, rescale_units
 from tracemark.attacks.base import ThiefData
 from tracemark.data.datasets import ImageData
 from tracemark.fingerprint import FingerprintScheme, Registry, TraceResult, TrainSettings, fanout, trace, weight_trace
-from tracemark.fingerprint.weights import add_weight_code
+from tracemark.fingerprint.weights import add_weight_code, weight_coded_copy
 from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, target_accuracy
 from tracemark.lab.victim import split_thief
 
@@ -409,13 +409,18 @@ def run_symmetry(name: str, args: argparse.Namespace, command: str) -> dict:
                                                                       max_clean_drop=0.02, pool_size=1000,
                                                                       validation_size=300)
     result: dict = {"dataset": name, "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                    "quick": quick, "base": {**record, "test_accuracy": tm.accuracy(base, *test)},
+                    "quick": quick, "pack_copies": args.symmetry_pack, "base": {**record, "test_accuracy": tm.accuracy(base, *test)},
                     "settings": settings.__dict__, "registry_size": len(customers), "alpha": args.alpha,
                     "thief_size": thief_size, "attack_epochs": epochs}
-    print(f"[{name}] symmetry: making {len(leaked)} weight-coded copies", flush=True)
-    made = fanout(base, scheme, leaked, owner, folder / "symmetry-copies", workers=args.workers, settings=settings,
-                  show_progress=args.progress)
-    models: dict[str, torch.nn.Module] = {c.customer: tm.load_model(c.model_path) for c in made.copies}
+    models: dict[str, torch.nn.Module]
+    if args.symmetry_pack:
+        print(f"[{name}] symmetry: {len(leaked)} pack-time copies (weight code only, as `pack --customer`)", flush=True)
+        models = {c: weight_coded_copy(base, scheme, c) for c in leaked}
+    else:
+        print(f"[{name}] symmetry: making {len(leaked)} weight-coded copies", flush=True)
+        made = fanout(base, scheme, leaked, owner, folder / "symmetry-copies", workers=args.workers, settings=settings,
+                      show_progress=args.progress)
+        models = {c.customer: tm.load_model(c.model_path) for c in made.copies}
     innocents: list[tuple[str, str]] = [("other customer's copy", c) for c in leaked]
     for i in range(args.innocent_copies):
         other = copy.deepcopy(base)
@@ -760,6 +765,8 @@ def main() -> None:
     parser.add_argument("--symmetry", action="store_true",
                         help="run the disguised-leak scenario (derangement + rescaling, then re-training or pruning) instead")
     parser.add_argument("--symmetry-copies", type=int, default=5, help="with --symmetry: leaked copies made by fanout")
+    parser.add_argument("--symmetry-pack", action="store_true",
+                        help="with --symmetry: leaked copies carry the weight code only (pack-time, no fine-tune)")
     parser.add_argument("--innocent-copies", type=int, default=45, help="with --symmetry: unregistered weight-coded copies")
     parser.add_argument("--independents", type=int, default=10, help="with --symmetry: independently trained models")
     parser.add_argument("--innocent-attacked", type=int, default=5,

@@ -52,3 +52,21 @@ def test_unusable_precision_is_one_line(digits, precision, needle):
     assert "\n" not in str(exc.value)
     with pytest.raises(InvalidOptionError, match=needle):
         mixed_precision(torch.device("cpu"), precision)  # type: ignore[arg-type]
+
+
+def test_cli_train_precision_bf16_differs_and_fp16_is_one_line(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tests.cli_runs import cli_error, run
+
+    paths = {}
+    for precision in (None, "bf16"):
+        out = tmp_path / f"{precision}.safetensors"
+        run("train", "--out", str(out), "--arch", "mlp", "--epochs", "1", "--device", "cpu",
+            *(["--precision", precision] if precision else []))
+        paths[precision] = load_file(str(out))
+    assert any(not torch.equal(paths[None][k], paths["bf16"][k]) for k in paths[None])
+    line = cli_error(capsys, monkeypatch, "train", "--out", str(tmp_path / "x.safetensors"), "--arch", "mlp",
+                     "--epochs", "1", "--device", "cpu", "--precision", "fp16")
+    assert "needs a CUDA device" in line
+    assert not (tmp_path / "x.safetensors").exists()

@@ -74,3 +74,23 @@ def test_calibrate_command_keeps_a_seeded_profile_in_the_store(tmp_path: Path) -
     assert doc["unusual_rate"] == pytest.approx(DEFAULT_BOOST * doc["typical_rate"]) and doc["typical_rate"] < doc["rate"] == DEFAULT_RATE
     again = runner.invoke(app, common)
     assert json.loads(again.stdout)["sha256"] == doc["sha256"]  # same data, same seed: the same profile
+
+
+def test_calibrate_takes_a_memmap_folder_and_the_marking_kind(tmp_path: Path) -> None:
+    from tracemark.data import load_dataset
+    from tracemark.data.ondisk import write_memmap
+
+    digits = load_dataset("digits")
+    write_memmap(tmp_path / "folder", digits.x_train, digits.y_train)
+    runner, app = CliRunner(), _app()
+    docs = {}
+    for data, kind in (("digits", "--region-marks"), (str(tmp_path / "folder"), "--region-marks"),
+                       (str(tmp_path / "folder"), "--per-input-marks")):
+        made = runner.invoke(app, ["responses", "calibrate", "--data", data, "--components", "10", kind,
+                                   "--responses-db", str(tmp_path / f"{len(docs)}.sqlite"), "--json"])
+        assert made.exit_code == 0, made.output
+        docs[(data, kind)] = json.loads(made.stdout)
+    region, folder_region, folder_per_input = docs.values()
+    # the folder holds the same images, fewer than the sample limit: every one is used, so the profile is the same
+    assert folder_region["sha256"] == region["sha256"] and folder_region["region_marks"] is True
+    assert folder_per_input["region_marks"] is False and folder_per_input["sha256"] != region["sha256"]

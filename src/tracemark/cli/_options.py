@@ -161,6 +161,7 @@ INPUT_SHAPE_OPT = typer.Option(None, "--input-shape", metavar="C,H,W",
 CLASSES_OPT = typer.Option(None, "--classes", help="With --arch: the class count, if neither the factory nor the key gives it.")
 
 DEVICE_OPT = typer.Option(None, "--device", help="Torch device to run on: cuda, cuda:N, mps or cpu (default: the best one here).")
+PRECISION_OPT = typer.Option(None, "--precision", help="Mixed precision for training passes: bf16, or fp16 (CUDA only); default full float32.")
 
 
 def parse_input_shape(text: str | None) -> tuple[int, int, int] | None:

@@ -34,6 +34,7 @@ def train(
     key: Optional[Path] = typer.Option(None, help="Embed this key during training (trigger mixing)."),
     ratio: float = typer.Option(0.05, help="With --key: trigger items as a fraction of the training set."),
     device: Optional[str] = opts.DEVICE_OPT,
+    precision: Optional[str] = opts.PRECISION_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Train a reference model, or your own (--arch package.module:factory), optionally marking it during training."""
@@ -56,7 +57,7 @@ def train(
         if not as_json:
             error_console.print(f"training {arch} on {dataset.name} for {epochs} epochs ({len(train_set)} examples each; "
                                 "--epochs changes it)", highlight=False)
-    report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json, device=device)
+    report = fit(model, train_set, epochs=epochs, seed=seed, show_progress=not as_json, device=device, precision=precision)
     _save(built, out)
     if wm_key is not None:
         result = assess(model, wm_key, dataset, steps=report.steps, samples_seen=report.samples_seen, seconds=report.seconds,
@@ -83,6 +84,7 @@ def embed(
     input_shape: Optional[str] = opts.INPUT_SHAPE_OPT,
     classes: Optional[int] = opts.CLASSES_OPT,
     device: Optional[str] = opts.DEVICE_OPT,
+    precision: Optional[str] = opts.PRECISION_OPT,
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=LEDGER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -99,7 +101,7 @@ def embed(
                            default_classes=wm_key.num_classes)
     net = built.module if built is not None else load_model(model)
     report = embed_key(net, wm_key, opts.load_data(data, wm_key.input_shape), max_steps=max_steps, max_clean_drop=max_clean_drop / 100.0,
-                       lr=lr, seed=seed, show_progress=not as_json, device=device)
+                       lr=lr, seed=seed, show_progress=not as_json, device=device, precision=precision)
     emit(report, as_json)
     if not report.reached_goal and not keep_failed:
         error_console.print(f"[bold red]error:[/] embedding did not reach its goal; nothing written to {out} "

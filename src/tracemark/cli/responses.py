@@ -9,9 +9,10 @@ from typing import Any, Optional
 import typer
 
 from tracemark.cli._options import (API_KEY_OPT, ARCH_OPT, CLASSES_OPT, INPUT_SHAPE_OPT, LEDGER_HELP, MODEL_OPT, TIMEOUT_OPT, URL_OPT,
-                                   record_event, suspect_target)
+                                   data_help, load_data, record_event, suspect_target)
 from tracemark.cli._output import emit, error_console
-from tracemark.extraction.settings import DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_RATE, DEFAULT_UNUSUAL_SHARE
+from tracemark.extraction.settings import (DEFAULT_BOOST, DEFAULT_COMPONENTS, DEFAULT_RATE, DEFAULT_REGION_MARKS,
+                                          DEFAULT_UNUSUAL_SHARE)
 
 RESPONSES_DB_OPT = typer.Option(Path("responses.sqlite"), "--responses-db", envvar="TRACEMARK_RESPONSES_DB",
                                 help="Store of marked responses (SQLite).")
@@ -114,22 +115,38 @@ class ProfileSet:
 
 
 @responses_app.command("calibrate")
-def calibrate(data: str = typer.Option(..., "--data", help="In-distribution images: a dataset name or an .npz (its training split is used)."),
+def calibrate(data: str = typer.Option(..., "--data", help=data_help("In-distribution images (a named set or .npz: its training "
+                                                                     "split; a folder: a seeded sample of 10,000)", folders=True)),
               unusual_share: float = typer.Option(DEFAULT_UNUSUAL_SHARE, help="Share of in-distribution inputs to call unusual."),
               boost: float = typer.Option(DEFAULT_BOOST, help="Mark unusual inputs this many times as often as typical ones (1: uniform)."),
               components: int = typer.Option(DEFAULT_COMPONENTS, help="Principal components of the input model."),
-              seed: int = typer.Option(0, help="Seed of the fit / threshold split."),
+              region_marks: bool = typer.Option(DEFAULT_REGION_MARKS, "--region-marks/--per-input-marks",
+                                                help="Mark unusual inputs by region (a clone learns them from labels) or one by one."),
+              seed: int = typer.Option(0, help="Seed of the fit / threshold split (and of a folder's sample)."),
               rate: float = typer.Option(DEFAULT_RATE, help="Average rate to show the two rates for (the server's --marking-rate)."),
               responses_db: Path = RESPONSES_DB_OPT, as_json: bool = JSON_OPT) -> None:
     """Calibrate where marks go: unusual inputs (unlike DATA) are marked more often, typical ones less, same average."""
-    from tracemark.data.datasets import load_dataset
     from tracemark.extraction.profile import MarkingProfile
     from tracemark.extraction.store import ResponseStore
 
-    profile = MarkingProfile.calibrate(load_dataset(data).x_train, unusual_share=unusual_share, boost=boost,
-                                       components=components, seed=seed)
+    profile = MarkingProfile.calibrate(calibration_images(data, seed), unusual_share=unusual_share, boost=boost,
+                                       components=components, seed=seed, region_marks=region_marks)
     ResponseStore(responses_db).set_profile(profile)
     emit(ProfileSet(responses_db, profile.summary(rate), rate), as_json)
+
+
+def calibration_images(data: str, seed: int, limit: int = 10_000):
+    """``--data`` as an N×C×H×W array: a named set's training split, or a seeded sample of ``limit`` items of a folder."""
+    import numpy as np
+
+    from tracemark.data import ImageData
+    from tracemark.data.batches import sample_arrays
+
+    dataset = load_data(data)
+    if isinstance(dataset, ImageData):
+        return dataset.x_train
+    rows = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+    return sample_arrays(dataset, rows)[0]
 
 
 @responses_app.command("list")

@@ -22,6 +22,7 @@ KEY_CREATED = "key-created"
 MODEL_EMBEDDED = "model-embedded"
 MODEL_PACKAGED = "model-packaged"
 VERIFICATION = "verification"
+LINEAGE_CREATED = "lineage-created"
 VERDICT_FIELDS = ("verdict", "p_value", "alpha", "queries", "matches", "null_rate", "key_commitment")
 
 
@@ -122,3 +123,11 @@ def record_verification(
         data = transcript if isinstance(transcript, bytes) else Path(transcript).read_bytes()
         payload["transcript_sha256"] = ledger.attach(data)
     return ledger.append(VERIFICATION, payload)
+
+
+def record_lineage(ledger: Ledger, lineage: Any) -> Entry:
+    """Commit to a lineage fingerprint (a :class:`~tracemark.lineage.Lineage`): its commitment and public facts."""
+    payload = {"lineage_commitment": lineage.commitment(), "n_inputs": int(len(lineage.labels)),
+               "input_shape": list(lineage.input_shape), "num_classes": lineage.num_classes,
+               "source_sha256": lineage.source_sha256, "null_rate": lineage.calibration.rate}
+    return ledger.append(LINEAGE_CREATED, payload)

@@ -78,6 +78,11 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         {"transcript_sha256": _hex64, "verdict": _opt(_text), "p_value": _opt(_number), "alpha": _opt(_number),
          "queries": _opt(_count), "matches": _opt(_count), "null_rate": _opt(_number), "key_commitment": _opt(_hex64)},
     ),
+    "lineage-created": (
+        {"lineage_commitment": _hex64, "n_inputs": _count, "input_shape": _shape, "num_classes": _count,
+         "source_sha256": _hex64, "null_rate": _number},
+        {},
+    ),
     "timestamped": (
         {"first_seq": _count, "last_seq": _count, "root": _hex64, "record": lambda v: isinstance(v, str) and _RECORD.fullmatch(v) is not None,
          "record_sha256": _hex64, "gen_time": _text, "authority": _text, "root_fingerprint": _hex64},

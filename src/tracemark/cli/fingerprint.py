@@ -14,6 +14,8 @@ from tracemark.cli._output import console, emit
 from tracemark.cli.responses import open_evidence, record_clone_check
 
 REGISTRY_NAME = "registry.sqlite"
+EXECUTOR_OPT = typer.Option("local", "--executor", help="Where the tasks run: local (forked processes on this machine, --workers of them) or ray (a Ray cluster: --ray-address, else $TRACEMARK_RAY_ADDRESS, else a Ray started here with --workers CPUs; pip install tracemark[ray]).")
+RAY_ADDRESS_OPT = typer.Option(None, "--ray-address", help="With --executor ray: the cluster's address as ray.init takes it (ray://head:10001, head:6379 or auto; default $TRACEMARK_RAY_ADDRESS).")
 
 
 def fingerprint(
@@ -21,10 +23,12 @@ def fingerprint(
     model: Path = typer.Option(..., help="Trained base model (.safetensors written by tracemark)."),
     customers: Path = typer.Option(..., help="Text file of customer ids, one per line ('#' starts a comment)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies (<customer>.safetensors)."),
-    data: str = typer.Option("digits", help=suspect.data_help("Training data for the fine-tunes")),
+    data: str = typer.Option("digits", "--data", help=suspect.data_help("Training data for the fine-tunes", folders=True)),
     registry: Optional[Path] = typer.Option(None, help=f"Customer registry (SQLite; default OUT/{REGISTRY_NAME}); new customers are added to an existing one, customers that already have a copy are refused."),
     drawings: Optional[int] = typer.Option(None, help="Secret drawings in the scheme (default ceil(100/classes)); only for a new registry."),
     workers: int = typer.Option(2, help="Processes making copies in parallel (one torch thread each; on a GPU the copies are made one after another)."),
+    executor: str = EXECUTOR_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="Where the base's body and the fine-tunes run: cuda, cuda:N, mps or cpu (default: CUDA, else MPS, else CPU)."),
     lr: float = typer.Option(1e-3, help="Learning rate of each customer's fine-tune (of the model's head)."),
     max_steps: int = typer.Option(3000, help="Most fine-tuning steps per customer."),
@@ -42,13 +46,16 @@ def fingerprint(
     trigger mark of the base (exit code 1 if a copy missed its code goal)."""
     import torch
 
-    from tracemark.data import load_dataset, load_model
+    from tracemark.cli._options import load_data
+    from tracemark.data import load_model
     from tracemark.data.devices import resolve_device
+    from tracemark.executor import check_choice, executor_from
     from tracemark.fingerprint import FingerprintScheme, Registry, TrainSettings, fanout, read_customers_file, record_customer_code
     from tracemark.fingerprint.errors import DuplicateCustomerError
     from tracemark.ledger import record_embedded
 
     dev = resolve_device(device)  # a device that is not here: one line, before any work
+    check_choice(executor, ray_address)
     ids = read_customers_file(customers)
     wm_key = load_key(key)
     registry_path = registry or out / REGISTRY_NAME
@@ -59,24 +66,25 @@ def fingerprint(
             raise typer.BadParameter(f"the registry's scheme has {scheme.n_drawings} drawings", param_hint="--drawings")
         made = {r.id for r in reg.records() if r.model_sha256} & set(ids)
         if made:
-            raise DuplicateCustomerError(f"already registered with a copy in {registry_path}: {', '.join(sorted(made))}")
+            raise DuplicateCustomerError(f"already registered with a copy in {registry_path}: {', '.join(sorted(made))} "
+                                         "(leave them out of the customers file to make the others)")
     else:
         scheme = FingerprintScheme.from_key(wm_key, drawings)
         reg = Registry.create(registry_path, scheme)
-    dataset = load_dataset(data)
+    dataset = load_data(data, wm_key.input_shape)
     base = load_model(model)
     from tracemark.ledger import file_sha256
 
     reg.set_base(file_sha256(model))  # the weight test compares suspects with this base; refuses another one
-    if workers > 1:
+    if executor == "local" and workers > 1:
         torch.set_num_threads(1)  # workers are forked from this process: keep its OpenMP pool single-threaded
     settings = TrainSettings(lr=lr, max_steps=max_steps, max_clean_drop=max_clean_drop, target_code_accuracy=code_accuracy,
                              seed=seed, weight_strength=weight_strength)
     registered = set(reg.customers())
-    for cid in ids:
-        if cid not in registered:  # registered earlier without a copy (an interrupted run): make it now
-            reg.add(scheme, cid)
-            record_event(ledger, record_customer_code, scheme, cid, quiet=as_json)
+    new = [cid for cid in ids if cid not in registered]  # the others were registered by an interrupted run
+    reg.add_many(scheme, new)
+    for cid in new:
+        record_event(ledger, record_customer_code, scheme, cid, quiet=as_json)
 
     pack = _packer(vendor_key, days, passphrase_env, out) if vendor_key is not None else None
 
@@ -93,8 +101,9 @@ def fingerprint(
                          model_sha256=report.model_sha256, key_commitment=wm_key.commitment(),
                          licence=packed.licence.to_dict(), quiet=as_json)
 
-    result = fanout(base, scheme, ids, dataset, out, workers=workers, settings=settings, on_copy=on_copy,
-                    show_progress=not as_json, device=dev)
+    with executor_from(executor, workers=workers, address=ray_address) as runner:
+        result = fanout(base, scheme, ids, dataset, out, settings=settings, on_copy=on_copy, show_progress=not as_json,
+                        device=dev, executor=runner)
     if not as_json:
         console.print(f"registry: {reg}")
     emit(result, as_json)

@@ -9,6 +9,7 @@ import typer
 
 from tracemark.cli._options import data_help, load_key
 from tracemark.cli._output import console, emit
+from tracemark.cli.fingerprint import EXECUTOR_OPT, RAY_ADDRESS_OPT
 
 
 def robustness(
@@ -24,6 +25,8 @@ def robustness(
     budget: float = typer.Option(2.0, help="Accuracy budget in points: a removal must keep the thief within it."),
     alpha: float = typer.Option(1e-9, help="Verification false-accusation rate."),
     workers: int = typer.Option(1, help="Parallel worker processes for the attacks (on a GPU they run one after another)."),
+    executor: str = EXECUTOR_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="Where the owner's model and the thief's attacks train: cuda, cuda:N, mps or cpu (default: CUDA, else MPS, else CPU)."),
     out: Path = typer.Option(Path("robustness-report"), "--out", "-o", help="Folder for report.html, result.json and caches."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON result."),
@@ -33,6 +36,7 @@ def robustness(
 
     from tracemark.data import load_dataset, load_model
     from tracemark.data.devices import resolve_device
+    from tracemark.executor import check_choice, executor_from
     from tracemark.lab import NullProfile, make_suite, run_suite
     from tracemark.lab.victim import CONFIGS, marked_victim, out_of_domain_pool, split_thief
     from tracemark.report import robustness_report
@@ -43,6 +47,7 @@ def robustness(
     if mark not in CONFIGS:
         raise typer.BadParameter(f"choose one of {', '.join(CONFIGS)}", param_hint="--mark")
     dev = resolve_device(device)  # a device that is not here: one line, before any work
+    check_choice(executor, ray_address)
     torch.set_num_threads(1)
     dataset = load_dataset(data)
     n_thief = thief_size or len(dataset.x_train) // 6
@@ -58,9 +63,10 @@ def robustness(
             profile.add_key(wm_key, profile.load_references(null_profile.parent))
             profile.save(null_profile)
         null = profile.null_for(wm_key)
-    result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
-                       thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,
-                       workers=workers, show_progress=not as_json, config={"mark": info})
+    with executor_from(executor, workers=workers, address=ray_address) as runner:
+        result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
+                           thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,
+                           show_progress=not as_json, config={"mark": info}, executor=runner)
     out.mkdir(parents=True, exist_ok=True)
     result.save_json(out / "result.json")
     robustness_report(result, out / "report.html", wm_key.triggers())

@@ -1,13 +1,11 @@
-"""Making customer copies: the base's body computes features once; each customer gets its own fine-tuned head, in parallel."""
+"""Making customer copies: the base's body computes features once; each customer gets its own fine-tuned head, one task each."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import multiprocessing
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, Union
@@ -23,6 +21,7 @@ from tracemark.data.batches import check_items, dataset_of, is_stream, item_pair
 from tracemark.data.datasets import ImageData
 from tracemark.data.devices import model_device, placed, resolve_device
 from tracemark.errors import ClassCountMismatchError, DatasetItemError, ShapeMismatchError
+from tracemark.executor import Executor, on_device
 from tracemark.fingerprint.codes import FingerprintScheme, unique_ids
 from tracemark.fingerprint.errors import CodeGoalWarning, FingerprintError
 from tracemark.fingerprint.weights import DEFAULT_STRENGTH, add_weight_code
@@ -553,73 +552,66 @@ def mark_customer(base: nn.Module, scheme: FingerprintScheme, customer_id: str, 
     return model, report
 
 
-# State shared with forked worker processes (copy-on-write; nothing large is pickled).
-_SHARED: dict[str, Any] = {}
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _make_copy(customer_id: str) -> CopyReport:
-    from tracemark._util.files import atomic_write_bytes
+def _make_copy(shared: dict[str, Any], customer_id: str) -> tuple[CopyReport, bytes]:
+    """One task: ``customer_id``'s copy as safetensors bytes, and its report (written and hashed by the driver)."""
     from tracemark.data.models import model_bytes
 
-    s = _SHARED
+    s = shared
     model, report = mark_customer(s["base"], s["scheme"], customer_id, s["data"], settings=s["settings"], cache=s["cache"],
                                   **s["options"])
-    raw = model_bytes(model)
-    path = Path(s["out_dir"]) / f"{customer_id}.safetensors"
-    atomic_write_bytes(path, raw, mode=0o644)
-    return CopyReport(**{**report.to_dict(), "model_path": str(path), "model_sha256": hashlib.sha256(raw).hexdigest()})
+    return report, model_bytes(model)
 
 
 def fanout(base: nn.Module, scheme: FingerprintScheme, customers: Sequence[str], data: Data, out_dir: str | Path,
            *, workers: int = 1, settings: TrainSettings = TrainSettings(),
            on_copy: Callable[[CopyReport], None] | None = None, show_progress: bool = False,
            validation: Validation | None = None, device: str | torch.device | None = None, num_workers: int = 0,
-           read_batch_size: int = 1000) -> FanoutReport:
+           read_batch_size: int = 1000, executor: Executor | None = None) -> FanoutReport:
     """Make one marked copy of ``base`` per customer in ``out_dir/<customer>.safetensors``.
 
     ``base`` must be a model from :func:`tracemark.build_model` (or any ``nn.Sequential``
-    ending in Linear layers, saved with a spec). The body's features are computed once;
-    with ``workers > 1`` copies are made in forked processes, one torch thread each (on a
-    CUDA or MPS ``device`` they are made one after another in this process instead: forked
+    ending in Linear layers, saved with a spec). The body's features are computed once, here;
+    each copy is then one task of ``executor`` (default: a :class:`~tracemark.executor.LocalExecutor`
+    of ``workers`` forked processes, one torch thread each; a
+    :class:`~tracemark.executor.RayExecutor` runs them on a Ray cluster, byte for byte the same
+    copies). The base, the data and the feature cache are put once, not pickled per copy. On a
+    CUDA or MPS ``device`` copies are made one after another in this process instead (forked
     processes cannot share the device). ``data``, ``validation``, ``device``, ``num_workers``
     and ``read_batch_size`` as in :func:`feature_cache` and :func:`mark_customer`.
-    ``on_copy(report)`` is called in this process as each copy is written (the CLI records
-    it in the registry there). Reports come back in the order of ``customers``; the
-    report's ``seconds`` is the wall time of everything, features included.
+    Each copy comes back to this process, which writes it and calls ``on_copy(report)`` as it
+    completes (the CLI records it in the registry there), so copies finished before a failure
+    are kept; a copy whose task still fails after the executor's retries is named in the
+    :class:`~tracemark.executor.TaskFailedError` raised at the end. Reports come back in the
+    order of ``customers``; the report's ``seconds`` is the wall time of everything, features
+    included.
     """
+    from tracemark._util.files import atomic_write_bytes
+
     customers = unique_ids(customers)
     _check(scheme, data, validation)
     dev = resolve_device(device)
-    if dev.type != "cpu":
-        workers = 1
+    runner = on_device(executor, dev.type, workers)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     options = dict(validation=validation, device=dev, num_workers=num_workers, read_batch_size=read_batch_size)
     cache = feature_cache(base, scheme, data, settings, **options)  # type: ignore[arg-type]
-    _SHARED.update(base=base, scheme=scheme, data=data, settings=settings, cache=cache, out_dir=str(out_dir), options=options)
     reports: dict[str, CopyReport] = {}
 
-    def done(report: CopyReport) -> None:
-        reports[report.customer] = report
+    def done(customer_id: str, made: tuple[CopyReport, bytes]) -> None:
+        report, raw = made
+        path = Path(out_dir) / f"{customer_id}.safetensors"
+        atomic_write_bytes(path, raw, mode=0o644)
+        report = CopyReport(**{**report.to_dict(), "model_path": str(path), "model_sha256": hashlib.sha256(raw).hexdigest()})
+        reports[customer_id] = report
         if on_copy is not None:
             on_copy(report)
 
+    shared = runner.put(dict(base=base, scheme=scheme, data=data, settings=settings, cache=cache, options=options))
     try:
-        with progress_bar(len(customers), "customer copies", enabled=show_progress) as advance:
-            if workers > 1 and len(customers) > 1:
-                context = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-                    for future in as_completed([pool.submit(_make_copy, c) for c in customers]):
-                        done(future.result())
-                        advance()
-            else:
-                for c in customers:
-                    done(_make_copy(c))
-                    advance()
+        runner.map(_make_copy, customers, shared=shared, describe=lambda c: f"customer {c!r}", on_result=done,
+                   description="customer copies", show_progress=show_progress)
     finally:
-        _SHARED.clear()
-    return FanoutReport([reports[c] for c in customers], time.perf_counter() - start, max(1, workers))
+        runner.release(shared)
+        if runner is not executor:
+            runner.close()
+    return FanoutReport([reports[c] for c in customers], time.perf_counter() - start, runner.workers)

@@ -3,6 +3,12 @@
 It holds no secret: each customer's code is derived from the master key by HMAC, so the
 registry stores only the scheme's public facts and, per customer, the code commitment and
 where its copy went. See docs/formats/fingerprint-registry.md.
+
+Writes are safe under concurrency: each is one SQLite transaction that takes the database's
+write lock first (``BEGIN IMMEDIATE``, waiting up to :data:`LOCK_TIMEOUT_S` for another writer),
+so processes writing the same registry at once lose nothing, and a check and the write it guards
+(a duplicate id, another base model) happen under the same lock. Keep the file on a local disk:
+SQLite's locks are not reliable on network file systems.
 """
 
 from __future__ import annotations
@@ -10,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tracemark.fingerprint.codes import FingerprintScheme, check_customer_id, unique_ids
 from tracemark.fingerprint.errors import (
@@ -28,6 +34,7 @@ from tracemark.keys.key import WatermarkKey
 FORMAT = "tracemark-fingerprint-registry"
 VERSION = 1
 CODE_CREATED = "customer-code-created"
+LOCK_TIMEOUT_S = 60.0
 SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE customers (
@@ -132,9 +139,26 @@ class Registry:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            return sqlite3.connect(self.path, timeout=30)
+            return sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot open registry ({exc})") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its start; committed on success."""
+        with closing(self._connect()) as conn:
+            conn.isolation_level = None  # transactions are begun and ended here, not by the sqlite3 module
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise RegistryError(f"{self.path}: another process held the registry's write lock for "
+                                    f"{LOCK_TIMEOUT_S:.0f} s ({exc})") from exc
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ scheme
     def scheme(self, key: WatermarkKey) -> FingerprintScheme:
@@ -151,9 +175,16 @@ class Registry:
         return self.meta.get("base_model_sha256")
 
     def set_base(self, sha256: str) -> None:
-        """Record the base model's file hash; refuses to change it (copies of another base carry other weights)."""
+        """Record the base model's file hash; refuses to change it (copies of another base carry other weights).
+
+        The hash on file is read under the write lock, so of two processes setting different bases
+        at once one is refused."""
         self.check_base(sha256)
-        with closing(self._connect()) as conn, conn:
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'base_model_sha256'").fetchone()
+            if row is not None:
+                self.meta["base_model_sha256"] = json.loads(row[0])
+                self.check_base(sha256)
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("base_model_sha256", json.dumps(sha256)))
         self.meta["base_model_sha256"] = sha256
 
@@ -167,15 +198,22 @@ class Registry:
     def add(self, scheme: FingerprintScheme, customer_id: str) -> CustomerRecord:
         """Register a customer: derive and store its code commitment (never the code)."""
         self._check_scheme(scheme)
-        record = CustomerRecord(check_customer_id(customer_id), scheme.code_commitment(customer_id), _now(),
-                                None, None, None, None, None)
-        with closing(self._connect()) as conn, conn:
-            try:
-                conn.execute("INSERT INTO customers (id, code_commitment, created_at) VALUES (?, ?, ?)",
-                             (record.id, record.code_commitment, record.created_at))
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateCustomerError(f"customer {customer_id!r} is already registered in {self.path}") from exc
-        return record
+        return self.add_many(scheme, [customer_id])[0]
+
+    def add_many(self, scheme: FingerprintScheme, customer_ids: Iterable[str]) -> list[CustomerRecord]:
+        """Register customers in one transaction (10,000 take about a second); all or, if one is already there, none."""
+        self._check_scheme(scheme)
+        now = _now()
+        records = [CustomerRecord(check_customer_id(cid), scheme.code_commitment(cid), now, None, None, None, None, None)
+                   for cid in unique_ids(customer_ids)]
+        with self._write() as conn:
+            taken = [r.id for r in records if conn.execute("SELECT 1 FROM customers WHERE id = ?", (r.id,)).fetchone()]
+            if taken:
+                names = ", ".join(repr(t) for t in taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+                raise DuplicateCustomerError(f"customer {names} is already registered in {self.path}")
+            conn.executemany("INSERT INTO customers (id, code_commitment, created_at) VALUES (?, ?, ?)",
+                             [(r.id, r.code_commitment, r.created_at) for r in records])
+        return records
 
     def set_copy(self, customer_id: str, model_path: str, model_sha256: str, report: dict | None = None) -> None:
         """Record where a customer's marked copy was written, its hash and how it was made."""
@@ -188,7 +226,7 @@ class Registry:
 
     def _update(self, customer_id: str, **fields: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in fields)
-        with closing(self._connect()) as conn, conn:
+        with self._write() as conn:
             cursor = conn.execute(f"UPDATE customers SET {columns} WHERE id = ?", (*fields.values(), customer_id))
             if cursor.rowcount != 1:
                 raise RegistryError(f"customer {customer_id!r} is not in {self.path}")

@@ -13,18 +13,19 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from tracemark._progress import progress_bar
 from tracemark._util.files import atomic_write_text
 from tracemark.data.batches import check_items, dataset_of, is_stream, item_pair
 from tracemark.data.datasets import ImageData
+from tracemark.data.devices import resolve_device
 from tracemark.data.models import build_model, load_model, save_model
+from tracemark.executor import Executor, on_device
 from tracemark.keys.key import WatermarkKey
 from tracemark.lab.errors import NullProfileError
 from tracemark.lab.protocol import held_out_accuracy
@@ -205,6 +206,21 @@ def _pool_facts(data: Pool, test: TestSet | None, num_classes: int | None, name:
     return name or type(pool).__name__, int(num_classes), shape, len(pool), test  # type: ignore[arg-type]
 
 
+def _train_reference(shared: dict[str, Any], job: tuple[str, int]) -> tuple[nn.Module, float]:
+    """One task: reference model ``(arch, seed)`` trained on its seeded subset, and its held-out accuracy."""
+    s = shared
+    arch, seed = job
+    data = s["data"]
+    rows = np.random.default_rng(seed).permutation(s["n_pool"])[: s["n_train"]]
+    model = build_model(arch, s["shape"], s["num_classes"], seed=seed)
+    train = (to_tensor_dataset(data.x_train[rows], data.y_train[rows]) if isinstance(data, ImageData)
+             else Subset(dataset_of(data), rows.tolist()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fit(model, train, epochs=s["epochs"], lr=s["lr"], seed=seed, device=s["device"], num_workers=s["num_workers"])
+    return model, held_out_accuracy(model, s["test"], s["device"], s["num_workers"])
+
+
 def build_null_profile(
     data: Pool,
     keys: Sequence[WatermarkKey] = (),
@@ -222,6 +238,7 @@ def build_null_profile(
     name: str | None = None,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    executor: Executor | None = None,
 ) -> tuple[NullProfile, list[nn.Module]]:
     """Train (or load from ``folder``) ``n_models`` independent models and profile ``keys`` on them.
 
@@ -232,35 +249,48 @@ def build_null_profile(
     form train the same models); a Dataset needs ``test`` (arrays or a Dataset), ``num_classes``
     and a ``name`` for the cached files (default: the dataset's class name). Models train on
     ``device`` (default: CUDA, else MPS, else CPU) with ``num_workers`` reading.
+    Each model not in ``folder`` is one task of ``executor`` (default: one after another in
+    this process; a :class:`~tracemark.executor.LocalExecutor` or
+    :class:`~tracemark.executor.RayExecutor` trains them in parallel, one torch thread per
+    task, the same models on either); the data are put once, and each model is saved to
+    ``folder`` here as it completes.
     Returns the profile and the models, so more keys can be added without reloading.
     """
     label, k, shape, n_pool, test_set = _pool_facts(data, test, num_classes, name)
     folder = Path(folder) if folder is not None else None
-    refs: list[ReferenceModel] = []
-    models: list[nn.Module] = []
     n_train = n_pool if train_size is None else min(train_size, n_pool)
-    with progress_bar(n_models, "training independent models", enabled=show_progress) as advance:
-        for i in range(n_models):
-            arch, seed = archs[i % len(archs)], first_seed + i
-            name_i = f"{label}-{arch}-seed{seed}-e{epochs}-n{n_train}-lr{lr:g}.safetensors"
-            path = folder / name_i if folder is not None else None
-            if path is not None and path.is_file():
-                model = load_model(path)
-            else:
-                rows = np.random.default_rng(seed).permutation(n_pool)[:n_train]
-                model = build_model(arch, shape, k, seed=seed)  # type: ignore[arg-type]
-                train = (to_tensor_dataset(data.x_train[rows], data.y_train[rows]) if isinstance(data, ImageData)
-                         else Subset(dataset_of(data), rows.tolist()))
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    fit(model, train, epochs=epochs, lr=lr, seed=seed, device=device, num_workers=num_workers)
-                if path is not None:
-                    save_model(model, path)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
-            test_acc = held_out_accuracy(model, test_set, device, num_workers)
-            refs.append(ReferenceModel(arch, seed, epochs, n_train, lr, test_acc, name_i if path is not None else None, digest))
-            models.append(model)
-            advance()
+    dev = resolve_device(device)
+    runner = on_device(executor, dev.type)
+    jobs = [(archs[i % len(archs)], first_seed + i) for i in range(n_models)]
+    names = {job: f"{label}-{job[0]}-seed{job[1]}-e{epochs}-n{n_train}-lr{lr:g}.safetensors" for job in jobs}
+    made: dict[tuple[str, int], tuple[nn.Module, float]] = {}
+    for job in jobs:
+        if folder is not None and (folder / names[job]).is_file():
+            model = load_model(folder / names[job])
+            made[job] = model, held_out_accuracy(model, test_set, dev, num_workers)
+
+    def keep(job: tuple[str, int], result: tuple[nn.Module, float]) -> None:
+        made[job] = result
+        if folder is not None:
+            save_model(result[0], folder / names[job])
+
+    shared = runner.put(dict(data=data, test=test_set, shape=shape, num_classes=k, n_pool=n_pool, n_train=n_train,
+                             epochs=epochs, lr=lr, device=dev, num_workers=num_workers))
+    try:
+        runner.map(_train_reference, [job for job in jobs if job not in made], shared=shared,
+                   describe=lambda job: f"reference {job[0]} seed {job[1]}", on_result=keep,
+                   description="training independent models", show_progress=show_progress)
+    finally:
+        runner.release(shared)
+        if runner is not executor:
+            runner.close()
+    refs: list[ReferenceModel] = []
+    for arch, seed in jobs:
+        path = folder / names[arch, seed] if folder is not None else None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+        refs.append(ReferenceModel(arch, seed, epochs, n_train, lr, made[arch, seed][1],
+                                   names[arch, seed] if path is not None else None, digest))
+    models = [made[job][0] for job in jobs]
     profile = NullProfile(
         dataset=label,
         references=refs,

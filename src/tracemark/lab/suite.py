@@ -1,24 +1,22 @@
-"""Attack suites and running them (optionally in parallel processes) under the SoK protocol."""
+"""Attack suites and running them (one task per attack, on a local pool or a Ray cluster) under the SoK protocol."""
 
 from __future__ import annotations
 
-import multiprocessing
 import platform
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from tracemark._progress import progress_bar
 from tracemark.attacks import Distill, Extract, FineTune, InputTransform, Prune, Quantize, WeightNoise
 from tracemark.attacks.base import Attack, ThiefData, as_target
 from tracemark.data.batches import dataset_of, is_stream
 from tracemark.data.devices import resolve_device
+from tracemark.executor import Executor, on_device
 from tracemark.keys.key import WatermarkKey
 from tracemark.lab.errors import LabError
 from tracemark.lab.protocol import DEFAULT_BUDGET_POINTS, AttackRecord, TestSet, accuracy_on, check_shapes, evaluate_attack
@@ -75,25 +73,18 @@ def versions() -> dict[str, str]:
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 
-# State shared with forked worker processes (copy-on-write; nothing large is pickled).
-_SHARED: dict[str, Any] = {}
-
-
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (worker processes), user + system."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_index(index: int) -> tuple[int, AttackRecord]:
-    s = _SHARED
-    return index, evaluate_attack(s["attacks"][index], s["victim"], s["key"], s["test"], s["thief"],
-                                  marked_accuracy=s["marked_accuracy"], null=s["null"], alpha=s["alpha"],
-                                  budget_points=s["budget"])
+def _run_index(shared: dict[str, Any], index: int) -> AttackRecord:
+    """One task: attack ``index`` of the suite, judged by the protocol."""
+    s = shared
+    return evaluate_attack(s["attacks"][index], s["victim"], s["key"], s["test"], s["thief"],
+                           marked_accuracy=s["marked_accuracy"], null=s["null"], alpha=s["alpha"],
+                           budget_points=s["budget"])
 
 
 def run_suite(
@@ -111,10 +102,15 @@ def run_suite(
     workers: int = 1,
     show_progress: bool = False,
     config: dict | None = None,
+    executor: Executor | None = None,
 ) -> SuiteResult:
     """Run every attack against ``victim`` under the SoK protocol and collect a :class:`SuiteResult`.
 
-    With ``workers > 1`` attacks run in forked processes (one torch thread each). When the
+    Each attack is one task of ``executor`` (default: a :class:`~tracemark.executor.LocalExecutor`
+    of ``workers`` forked processes, one torch thread each; a
+    :class:`~tracemark.executor.RayExecutor` gives the same records); the victim, key, test set and
+    thief's pools are put once. A failed attack is retried by the executor and, if it still fails,
+    named in the :class:`~tracemark.executor.TaskFailedError` raised at the end. When the
     victim is only a Target, attacks that need its weights are skipped and listed in the config.
     ``test`` is ``(x, y)`` arrays or a Dataset/DataLoader of ``(x, y)``; the thief's pools may be
     Datasets (see :class:`~tracemark.attacks.ThiefData`, whose ``device`` the attacks train on).
@@ -123,36 +119,28 @@ def run_suite(
     """
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     check_shapes(key, thief, test)
-    if resolve_device(thief.device).type != "cpu":
-        workers = 1  # forked processes cannot share the device
+    runner = on_device(executor, resolve_device(thief.device).type, workers)
     target = as_target(victim)
     marked_accuracy = accuracy_on(target, test, thief.num_workers)
     marked_trigger = verify(key, target, alpha=alpha, null=null).match_rate
     runnable = [a for a in attacks if a.access == "api" or isinstance(victim, nn.Module)]
     skipped = [a.name for a in attacks if a not in runnable]
-    _SHARED.update(attacks=runnable, victim=victim, key=key, test=test, thief=thief, marked_accuracy=marked_accuracy,
-                   null=null, alpha=alpha, budget=budget_points)
-    records: dict[int, AttackRecord] = {}
+    shared = runner.put(dict(attacks=runnable, victim=victim, key=key, test=test, thief=thief,
+                             marked_accuracy=marked_accuracy, null=null, alpha=alpha, budget=budget_points))
     try:
-        with progress_bar(len(runnable), f"attacking ({suite})", enabled=show_progress) as advance:
-            if workers > 1 and len(runnable) > 1:
-                context = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-                    for future in as_completed([pool.submit(_run_index, i) for i in range(len(runnable))]):
-                        i, record = future.result()
-                        records[i] = record
-                        advance()
-            else:
-                for i in range(len(runnable)):
-                    records[i] = _run_index(i)[1]
-                    advance()
+        records = runner.map(_run_index, range(len(runnable)), shared=shared,
+                             describe=lambda i: f"attack {runnable[i].name}", description=f"attacking ({suite})",
+                             show_progress=show_progress)
     finally:
-        _SHARED.clear()
+        runner.release(shared)
+        if runner is not executor:
+            runner.close()
     cfg = {"key": key.describe(), "thief": {"n_images": thief.size("in"), "labelled": thief.has_labels,
                                             "n_out_of_domain": thief.size("ood"), "seed": thief.seed},
            "n_test": len(dataset_of(test)) if is_stream(test) else len(test[0]),  # type: ignore[arg-type]
-           "null": None if null is None else null.to_dict(), "workers": workers,
+           "null": None if null is None else null.to_dict(), "workers": runner.workers,
+           "executor": runner.name,
            "skipped": skipped, **(config or {})}
     return SuiteResult(suite, dataset, marked_accuracy, marked_trigger, alpha, budget_points, cfg,
-                       [records[i] for i in range(len(runnable))], versions(), time.perf_counter() - start,
+                       records, versions(), time.perf_counter() - start,
                        _cpu_seconds() - cpu_start)

@@ -28,6 +28,8 @@ def robustness(
     executor: str = EXECUTOR_OPT,
     ray_address: Optional[str] = RAY_ADDRESS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="Where the owner's model and the thief's attacks train: cuda, cuda:N, mps or cpu (default: CUDA, else MPS, else CPU)."),
+    lineage: Optional[Path] = typer.Option(None, "--lineage", help="Also test every stolen model with this lineage fingerprint "
+                                           "(tracemark lineage new) and report which evidence survived each attack."),
     out: Path = typer.Option(Path("robustness-report"), "--out", "-o", help="Folder for report.html, result.json and caches."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON result."),
 ) -> None:
@@ -63,10 +65,16 @@ def robustness(
             profile.add_key(wm_key, profile.load_references(null_profile.parent))
             profile.save(null_profile)
         null = profile.null_for(wm_key)
+    evidence = []
+    if lineage is not None:
+        from tracemark.lineage import LineageEvidence
+
+        evidence.append(LineageEvidence.load(lineage))
     with executor_from(executor, workers=workers, address=ray_address) as runner:
         result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
                            thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,
-                           show_progress=not as_json, config={"mark": info}, executor=runner)
+                           show_progress=not as_json, config={"mark": info}, executor=runner,
+                           evidence=evidence)
     out.mkdir(parents=True, exist_ok=True)
     result.save_json(out / "result.json")
     robustness_report(result, out / "report.html", wm_key.triggers())

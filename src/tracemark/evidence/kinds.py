@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tracemark.keys.key import WatermarkKey
     from tracemark.ledger.store import Ledger
     from tracemark.targets.base import Target
+    from tracemark.verification.verdict import Verdict
 
 _NULL_KINDS: dict[str, NullKind] = {"keyed": "exact", "empirical": "calibrated", "control": "calibrated", "assumed": "assumed"}
 _TRACE_DECISIONS: dict[str, EvidenceLabel] = {"customer": "copy", "no-match": "no-evidence", "inconclusive": "inconclusive"}
@@ -65,15 +66,20 @@ class TriggerEvidence:
 
         verdict = verify(self.key, target, alpha=alpha, max_queries=self.max_queries, references=list(self.references),
                          batch_size=self.batch_size)
-        null = verdict.null
-        why = null.get("details", {}).get("reason", "")
-        summary = f"{verdict.matches} of {verdict.answered} triggers answered with the key's label"
-        return EvidenceResult(
-            kind=self.kind, decision=verdict.verdict, p_value=verdict.p_value, alpha=alpha,
-            null_kind=_NULL_KINDS[null["source"]],
-            null=f"{null['source']} rate {null['rate']:.4g}" + (f": {why}" if why else "") + "; binomial tail",
-            queries=verdict.inputs_sent, target=verdict.target, commitment=self.commitment(),
-            summary=summary + (f"; {verdict.note}" if verdict.note else ""), details=verdict.to_dict())
+        return trigger_result(verdict, self.commitment())
+
+
+def trigger_result(verdict: Verdict, commitment: Commitment | None = None) -> EvidenceResult:
+    """A trigger :class:`~tracemark.verification.Verdict` as the trigger kind's :class:`EvidenceResult`."""
+    null = verdict.null
+    why = null.get("details", {}).get("reason", "")
+    summary = f"{verdict.matches} of {verdict.answered} triggers answered with the key's label"
+    return EvidenceResult(
+        kind="trigger", decision=verdict.verdict, p_value=verdict.p_value, alpha=verdict.alpha,
+        null_kind=_NULL_KINDS[null["source"]],
+        null=f"{null['source']} rate {null['rate']:.4g}" + (f": {why}" if why else "") + "; binomial tail",
+        queries=verdict.inputs_sent, target=verdict.target, commitment=commitment,
+        summary=summary + (f"; {verdict.note}" if verdict.note else ""), details=verdict.to_dict())
 
 
 def _codes_digest(scheme: FingerprintScheme, customers: Sequence[str], purpose: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from tracemark.keys.key import WatermarkKey
 from tracemark.targets.base import Target
 from tracemark.verification.null import NullModel
 from tracemark.verification.verify import DEFAULT_ALPHA, verify
+
+if TYPE_CHECKING:
+    from tracemark.evidence.protocol import Evidence
 
 DEFAULT_BUDGET_POINTS = 2.0
 TestSet = Union[tuple[np.ndarray, np.ndarray], Dataset, DataLoader]
@@ -47,6 +51,18 @@ class AttackRecord:
     seconds: float
     error: str | None = None
     info: dict = field(default_factory=dict)
+    combined_verdict: str | None = None
+    evidence: dict = field(default_factory=dict)
+
+    @property
+    def survived_by(self) -> list[str]:
+        """The kinds of evidence the combined verdict rejected for this attack (empty without extra evidence)."""
+        return [kind for kind, c in self.evidence.items() if c.get("rejected")]
+
+    @property
+    def removed_all(self) -> bool:
+        """With extra evidence: within budget and the combined verdict is not ``copy`` (every kind removed)."""
+        return self.within_budget and self.combined_verdict is not None and self.combined_verdict != "copy"
 
     @property
     def change_points(self) -> float:
@@ -133,9 +149,14 @@ def evaluate_attack(
     null: NullModel | None = None,
     alpha: float = DEFAULT_ALPHA,
     budget_points: float = DEFAULT_BUDGET_POINTS,
+    evidence: Sequence[Evidence] = (),
 ) -> AttackRecord:
     """Run ``attack`` on ``victim``, then measure the thief's accuracy on ``test`` and verify ``key``.
 
+    With ``evidence`` (other kinds: a lineage fingerprint, say), the stolen model is also tested with each, and
+    the trigger verdict and theirs are combined (:func:`~tracemark.evidence.combine`, family-wise ``alpha``):
+    the record keeps each kind's decision and whether the family rejected it. ``removed`` stays the SoK's
+    call on the trigger mark alone; ``removed_all`` is the call on the combination.
     An attack that fails is recorded with its error rather than raised, so a sweep completes.
     ``test`` is ``(x, y)`` arrays or a Dataset/DataLoader of ``(x, y)`` (streamed).
     """
@@ -146,6 +167,7 @@ def evaluate_attack(
         stolen = attack.run(victim, thief)
         thief_acc = accuracy_on(stolen.target, test, thief.num_workers)
         verdict = verify(key, stolen.target, alpha=alpha, null=null)
+        combined = _combined(verdict, key, evidence, stolen.target, alpha) if evidence else None
     except Exception as exc:  # noqa: BLE001 - a sweep records failures and carries on
         return AttackRecord(**common, thief_accuracy=float("nan"), accuracy_drop_points=float("nan"),  # type: ignore[arg-type]
                             trigger_accuracy=float("nan"), p_value=float("nan"), verdict="error", within_budget=False,
@@ -157,4 +179,18 @@ def evaluate_attack(
     return AttackRecord(**common, thief_accuracy=thief_acc, accuracy_drop_points=drop,  # type: ignore[arg-type]
                         trigger_accuracy=verdict.match_rate, p_value=verdict.p_value, verdict=verdict.verdict,
                         within_budget=within, removed=within and verdict.verdict != "copy",
-                        seconds=time.perf_counter() - start, info=info)
+                        seconds=time.perf_counter() - start, info=info,
+                        combined_verdict=None if combined is None else combined.verdict,
+                        evidence={} if combined is None else {c.result.kind: {
+                            "decision": c.result.decision, "p_value": c.result.p_value, "p_adjusted": c.p_adjusted,
+                            "rejected": c.rejected, "summary": c.result.summary} for c in combined.components})
+
+
+def _combined(verdict, key: WatermarkKey, evidence: Sequence[Evidence], target: Target, alpha: float):
+    """The trigger ``verdict`` (already asked) and every other kind of ``evidence`` on ``target``, combined."""
+    from tracemark.evidence.combine import combine
+    from tracemark.evidence.kinds import trigger_result
+    from tracemark.evidence.protocol import Commitment
+
+    results = [trigger_result(verdict, Commitment(key.commitment()))]
+    return combine(results + [e.test(target, alpha=alpha) for e in evidence], alpha)

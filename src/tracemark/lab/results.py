@@ -84,6 +84,16 @@ class SuiteResult:
         return not self.removed_by and not self.failed
 
     @property
+    def combined(self) -> bool:
+        """True when the run tested other kinds of evidence beside the trigger mark and combined them."""
+        return any(r.combined_verdict is not None for r in self.records)
+
+    @property
+    def removed_all_by(self) -> list[AttackRecord]:
+        """Records of attacks that removed every kind of evidence within budget (the combined verdict not ``copy``)."""
+        return [r for r in self.records if r.removed_all]
+
+    @property
     def failed(self) -> list[AttackRecord]:
         """Records of attacks that raised an error."""
         return [r for r in self.records if r.error is not None]
@@ -136,6 +146,15 @@ class SuiteResult:
         if self.failed:
             verdict += f"; {len(self.failed)} attack(s) failed to run"
         lines.append(f"mark {verdict} ({self.seconds:.0f} s wall, {self.cpu_seconds:.0f} s CPU)")
+        if self.combined:
+            kinds = ", ".join(dict.fromkeys(k for r in self.records for k in r.evidence))
+            lines.append(f"evidence combined ({kinds}; family-wise alpha {self.alpha:.0e}): "
+                         + (f"REMOVED by {len(self.removed_all_by)} of {len(self.records)} attacks"
+                            if self.removed_all_by else "SURVIVED every attack"))
+            for r in self.records:
+                if r.error is None:
+                    lines.append(f"  {r.attack[:48]:<48} {'within' if r.within_budget else 'beyond':<7} "
+                                 f"{r.combined_verdict:<12} survived by: {', '.join(r.survived_by) or 'none'}")
         return "\n".join(lines)
 
 

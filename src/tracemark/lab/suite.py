@@ -6,7 +6,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from tracemark.lab.results import SuiteResult
 from tracemark.targets.base import Target
 from tracemark.verification.null import NullModel
 from tracemark.verification.verify import DEFAULT_ALPHA, verify
+
+if TYPE_CHECKING:
+    from tracemark.evidence.protocol import Evidence
 
 SUITES = ("quick", "standard")
 
@@ -84,7 +87,7 @@ def _run_index(shared: dict[str, Any], index: int) -> AttackRecord:
     s = shared
     return evaluate_attack(s["attacks"][index], s["victim"], s["key"], s["test"], s["thief"],
                            marked_accuracy=s["marked_accuracy"], null=s["null"], alpha=s["alpha"],
-                           budget_points=s["budget"])
+                           budget_points=s["budget"], evidence=s["evidence"])
 
 
 def run_suite(
@@ -103,6 +106,7 @@ def run_suite(
     show_progress: bool = False,
     config: dict | None = None,
     executor: Executor | None = None,
+    evidence: Sequence[Evidence] = (),
 ) -> SuiteResult:
     """Run every attack against ``victim`` under the SoK protocol and collect a :class:`SuiteResult`.
 
@@ -116,6 +120,8 @@ def run_suite(
     Datasets (see :class:`~tracemark.attacks.ThiefData`, whose ``device`` the attacks train on).
     Pools and test images of another shape than the key's are refused before any attack runs.
     On a CUDA or MPS device the attacks run one after another in this process.
+    ``evidence``: other kinds of evidence (a :class:`~tracemark.lineage.LineageEvidence`, say) tested on every
+    stolen model beside the trigger mark and combined with it; each record then says which kinds survived.
     """
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     check_shapes(key, thief, test)
@@ -126,7 +132,8 @@ def run_suite(
     runnable = [a for a in attacks if a.access == "api" or isinstance(victim, nn.Module)]
     skipped = [a.name for a in attacks if a not in runnable]
     shared = runner.put(dict(attacks=runnable, victim=victim, key=key, test=test, thief=thief,
-                             marked_accuracy=marked_accuracy, null=null, alpha=alpha, budget=budget_points))
+                             marked_accuracy=marked_accuracy, null=null, alpha=alpha, budget=budget_points,
+                             evidence=tuple(evidence)))
     try:
         records = runner.map(_run_index, range(len(runnable)), shared=shared,
                              describe=lambda i: f"attack {runnable[i].name}", description=f"attacking ({suite})",
@@ -139,7 +146,7 @@ def run_suite(
                                             "n_out_of_domain": thief.size("ood"), "seed": thief.seed},
            "n_test": len(dataset_of(test)) if is_stream(test) else len(test[0]),  # type: ignore[arg-type]
            "null": None if null is None else null.to_dict(), "workers": runner.workers,
-           "executor": runner.name,
+           "executor": runner.name, "evidence": [e.kind for e in evidence],
            "skipped": skipped, **(config or {})}
     return SuiteResult(suite, dataset, marked_accuracy, marked_trigger, alpha, budget_points, cfg,
                        records, versions(), time.perf_counter() - start,

@@ -53,7 +53,7 @@ from tracemark.extraction.errors import NoMarkedResponsesError
 from tracemark.extraction.marking import cells, input_key
 from tracemark.extraction.store import MarkedSet, ResponseStore
 from tracemark.targets.base import Answers, Target
-from tracemark.verification.stats import binomial_pvalue, log10_or_floor
+from tracemark.verification.stats import log10_or_floor
 
 if TYPE_CHECKING:
     from tracemark.extraction.coalitions import Coalition

@@ -64,7 +64,7 @@ def verify(
         if np.any(control_answers >= 0):
             control = control_null(key, control_answers)
     if used_before is not None:  # a metered target counts what it really sent, retries included
-        inputs_sent = int(getattr(target, "queries_used")) - int(used_before)
+        inputs_sent = int(target.queries_used) - int(used_before)  # type: ignore[attr-defined]
     chosen = choose_null(key, null, assumed_null_rate, control)
     answered_mask = answers >= 0
     answered = int(answered_mask.sum())

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tracemark._util.sqlite import immediate_transaction
 from tracemark.fingerprint.codes import FingerprintScheme, check_customer_id, unique_ids
 from tracemark.fingerprint.errors import (
     CustomersFileError,
@@ -148,17 +149,9 @@ class Registry:
         """One write transaction holding the database's write lock from its start; committed on success."""
         with closing(self._connect()) as conn:
             conn.isolation_level = None  # transactions are begun and ended here, not by the sqlite3 module
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise RegistryError(f"{self.path}: another process held the registry's write lock for "
-                                    f"{LOCK_TIMEOUT_S:.0f} s ({exc})") from exc
-            try:
+            with immediate_transaction(conn, lambda exc: RegistryError(
+                    f"{self.path}: another process held the registry's write lock for {LOCK_TIMEOUT_S:.0f} s ({exc})")):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ scheme
     def scheme(self, key: WatermarkKey) -> FingerprintScheme:

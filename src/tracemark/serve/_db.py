@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tracemark._util.sqlite import immediate_transaction
 from tracemark.serve.errors import ServeConfigError
 
 SYNC_MODES = ("OFF", "NORMAL", "FULL")
@@ -63,14 +64,8 @@ class SqliteFile:
     def write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``) on ``conn`` (default: this thread's connection),
         committed on success, rolled back on error."""
-        conn = conn or self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(conn or self.connection()) as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (software TPM, OpenSSL for a local
-# time-stamping authority). Safe to run repeatedly; skips packages already present.
+# time-stamping authority, Chromium to render the HTML ownership report). Safe to run repeatedly; skips packages already present.
 set -euo pipefail
-PACKAGES=(openssl swtpm swtpm-tools libtss2-dev pkg-config)
+PACKAGES=(openssl swtpm swtpm-tools libtss2-dev pkg-config chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -7,6 +7,7 @@ that change them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 import tracemark as tm
+from tests.ledger._tsa import Authority, LocalTSA, make_authority
 
 # Small models train faster on one thread, and far faster when other work shares the 2 cores
 # (OpenMP threads spin against each other).
@@ -54,3 +56,16 @@ def _isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ.setdefault("TRACEMARK_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(scope="session")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    """A local RFC 3161 time-stamping authority's keys and certificates (OpenSSL ``ts``)."""
+    return make_authority(tmp_path_factory.mktemp("tsa"))
+
+
+@pytest.fixture(scope="session")
+def tsa(authority: Authority) -> Iterator[LocalTSA]:
+    """That authority answering over HTTP on 127.0.0.1."""
+    with LocalTSA(authority) as server:
+        yield server

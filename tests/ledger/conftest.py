@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.ledger._tsa import Authority, LocalTSA, make_authority
+from tests.ledger._tsa import Authority, LocalTSA
 from tracemark.keys import WatermarkKey
 from tracemark.ledger import (
     Ledger,
@@ -20,17 +19,6 @@ from tracemark.ledger import (
 )
 
 PASSPHRASE = "correct horse battery staple"
-
-
-@pytest.fixture(scope="session")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
-    return make_authority(tmp_path_factory.mktemp("tsa"))
-
-
-@pytest.fixture(scope="session")
-def tsa(authority: Authority) -> Iterator[LocalTSA]:
-    with LocalTSA(authority) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

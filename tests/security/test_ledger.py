@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.ledger._tsa import Authority, LocalTSA
-from tests.ledger.conftest import authority, ledger_dir, owner, tsa, wm_key  # noqa: F401 (fixtures)
+from tests.ledger.conftest import ledger_dir, owner, wm_key  # noqa: F401 (fixtures; authority and tsa come from tests/conftest.py)
 from tests.security._ledger_fuzz import fuzz_bundle, fuzz_ledger, fuzz_resigned, resign
 from tracemark.cli import evidence as evidence_cli
 from tracemark.cli import ledger as ledger_cli

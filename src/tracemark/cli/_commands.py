@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-VERB_MODULES: tuple[str, ...] = ("keys", "models", "verify", "demo", "package", "serve", "robustness", "ledger", "evidence", "responses", "fingerprint", "lineage")
+VERB_MODULES: tuple[str, ...] = ("keys", "models", "verify", "demo", "package", "serve", "robustness", "ledger", "evidence", "responses", "fingerprint", "report", "lineage")
 
 _registered = False
 

@@ -26,6 +26,9 @@ _EXPORTS: dict[str, str] = {
     "WatermarkKey": "tracemark.keys",
     # data, models, training
     "ImageData": "tracemark.data",
+    "ImageFolder": "tracemark.data.ondisk",
+    "MemmapImages": "tracemark.data.ondisk",
+    "write_memmap": "tracemark.data.ondisk",
     "ModelSpec": "tracemark.data",
     "build_model": "tracemark.data",
     "load_dataset": "tracemark.data",

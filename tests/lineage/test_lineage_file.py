@@ -31,6 +31,27 @@ def test_round_trip_keeps_inputs_labels_calibration_and_commitment(built):
     assert built.file.stat().st_mode & 0o077 == 0
 
 
+def test_version_1_file_reads_with_the_fit_checked_rule(built, tmp_path):
+    """A file written before version 2 (no calibration rule) still reads, as the pooled fit-checked bound it had."""
+    from tracemark.lineage import calibrate
+    from tracemark.targets.local import TorchTarget
+
+    lineage = built.build.lineage
+    refs = [TorchTarget(m.model, description=m.spec.name) for m in built.build.pool.select("calibration")]
+    old = calibrate(lineage.inputs, lineage.labels, refs, rule="fit-checked").to_dict()
+    path = tmp_path / "v1.lineage"
+    _rewrite(lineage, path, meta={"version": 1, "calibration": {k: v for k, v in old.items() if k != "rule"}})
+    loaded = read_lineage(path)
+    assert loaded.calibration.rule == "fit-checked" and loaded.calibration.rate == pytest.approx(old["rate"])
+    assert lineage.calibration.rule == "worst-reference" and lineage.to_dict()["version"] == 2
+    _rewrite(lineage, path, meta={"version": 1, "calibration": old})
+    with pytest.raises(LineageFileError, match="version 1 lineage file carries no calibration rule"):
+        read_lineage(path)
+    _rewrite(lineage, path, meta={"calibration": {k: v for k, v in old.items() if k != "rule"}})
+    with pytest.raises(LineageFileError, match="version 2 lineage file must name its calibration rule"):
+        read_lineage(path)
+
+
 def test_changed_label_is_tampering(built, tmp_path, capsys, monkeypatch):
     lineage = built.build.lineage
     path = tmp_path / "t.lineage"
@@ -62,8 +83,8 @@ def test_oversized_and_foreign_files_are_refused_before_loading(built, tmp_path)
     huge_header.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
     with pytest.raises(LineageFileError, match="header"):
         read_lineage(huge_header)
-    newer = tmp_path / "v2.lineage"
-    _rewrite(lineage, newer, meta={"version": 2})
+    newer = tmp_path / "v3.lineage"
+    _rewrite(lineage, newer, meta={"version": 3})
     with pytest.raises(FormatVersionError):
         read_lineage(newer)
     model = tmp_path / "model.lineage"

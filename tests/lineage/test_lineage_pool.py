@@ -51,3 +51,19 @@ def test_altered_cache_file_is_refused(built, tmp_path):
     victim.write_bytes(bytes(raw))
     with pytest.raises(PoolError, match="differs from the SHA-256"):
         build_pool(built.marked, built.data, small_plan(), copy)
+
+
+def test_generation_and_calibration_members_train_on_disjoint_halves(built):
+    from tracemark.lineage._data import split_indices
+
+    n = len(built.data.x_train)
+    plan = small_plan()
+    seen = {use: set() for use in ("generation", "calibration")}
+    for m in plan.members:
+        seen[m.use] |= set(split_indices(n, m.fraction, m.seed, m.part).tolist())
+    assert seen["generation"] and seen["calibration"] and not seen["generation"] & seen["calibration"]
+    assert len(seen["generation"] | seen["calibration"]) <= n
+    parts = {m["name"]: m["split"]["part"] for m in built.build.lineage.pool["members"]}
+    assert {parts[m.name] for m in plan.select("calibration")} == {"b"} and {parts[m.name] for m in plan.select("generation")} == {"a"}
+    with pytest.raises(PoolError, match="part must be one of"):
+        PoolPlan((*plan.members[:-1], MemberSpec("c", "calibration", "independent", "lenet", 999, 0.7, 1, part="c")))

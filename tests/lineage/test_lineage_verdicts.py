@@ -39,3 +39,18 @@ def test_fine_tuned_copy_is_copy_independent_model_is_not(built, fine_tuned, ind
     assert innocent.decision == "no-evidence" and innocent.p_value > 1e-3
     assert innocent.details["matches"] < stolen.details["matches"]
     assert "no-evidence" in str(innocent).lower() and innocent.to_dict()["kind"] == "lineage"
+
+
+def test_kept_inputs_pass_the_surrogate_and_reference_filters(built):
+    lineage, pool = built.build.lineage, built.build.pool
+    x = lineage.images()
+
+    def share(role: str) -> np.ndarray:
+        members = pool.select("generation", role)
+        return np.mean([TorchTarget(m.model).predict_labels(x) == lineage.labels for m in members], axis=0)
+
+    settings = lineage.generation["settings"]
+    assert share("surrogate").min() >= settings["min_surrogates"] - 1e-6
+    assert share("reference").max() <= settings["max_references"] + 1e-6
+    assert lineage.generation["eligible"] >= lineage.generation["kept"] == 100
+    assert lineage.generation["adversarial"] >= lineage.generation["eligible"]

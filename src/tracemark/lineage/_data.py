@@ -59,10 +59,19 @@ def owner_data(data: ImageData | Dataset) -> OwnerData:
     return OwnerData(data, data, _dataset_digest(data), shape)  # type: ignore[arg-type]
 
 
-def split_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """A seeded subset of ``range(n)`` holding ``round(fraction * n)`` items, sorted (platform-independent)."""
-    order = rng.permutation(f"tracemark-lineage-split-{seed}".encode(), "split", n)
-    return np.sort(order[: max(1, int(round(fraction * n)))])
+PARTS = ("all", "a", "b")
+"""Which part of the owner's data a pool member draws from: all of it, or one of two fixed disjoint halves."""
+
+
+def split_indices(n: int, fraction: float, seed: int, part: str = "all") -> np.ndarray:
+    """A seeded subset of ``range(n)`` (or of its half ``part``: ``a`` and ``b`` split it by one fixed seeded
+    permutation, the same for every member) holding ``round(fraction · size)`` items, sorted (platform-independent)."""
+    pool = np.arange(n)
+    if part != "all":
+        halves = rng.permutation(b"tracemark-lineage-halves", "halves", n)
+        pool = np.sort(halves[: n // 2] if part == "a" else halves[n // 2 :])
+    order = rng.permutation(f"tracemark-lineage-split-{seed}".encode(), "split", len(pool))
+    return np.sort(pool[order[: max(1, int(round(fraction * len(pool))))]])
 
 
 def indices_digest(indices: np.ndarray) -> str:

@@ -27,7 +27,9 @@ from tracemark.lineage.calibrate import Calibration
 from tracemark.lineage.errors import LineageFileError
 
 FORMAT = "tracemark-lineage"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""Version 2 adds the calibration ``rule`` (version 1 records are ``fit-checked``) and the generation filters."""
 METADATA_KEY = "tracemark-lineage"
 COMMITMENT_DOMAIN = b"tracemark-lineage-commitment/v1\n"
 MAX_INPUTS = 300
@@ -129,8 +131,14 @@ def decode(raw: bytes, where: str = "<lineage>") -> Lineage:
     meta = parse_json(meta_text.encode("utf-8"), where, LineageFileError, "JSON lineage metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LineageFileError(f"{where}: not a {FORMAT} file (format field missing or wrong)")
-    if meta.get("version") != VERSION:
-        raise FormatVersionError(f"{where}: lineage format version {meta.get('version')!r}; this release reads {VERSION}")
+    version = meta.get("version")
+    if type(version) is not int or version not in READS:
+        raise FormatVersionError(f"{where}: lineage format version {version!r}; this release reads "
+                                 f"{' and '.join(map(str, READS))}")
+    if isinstance(meta.get("calibration"), dict) and ("rule" in meta["calibration"]) != (version >= 2):
+        raise LineageFileError(f"{where}: " + ("a version 1 lineage file carries no calibration rule, this one does; "
+                               "the file was altered" if version == 1 else "a version 2 lineage file must name its "
+                               "calibration rule"))
     from safetensors import SafetensorError
     from safetensors.numpy import load
 

@@ -9,7 +9,11 @@ over the surrogates S (models derived from the source) and references R (indepen
 conferrability, pushing the source and its surrogates to ``t`` while no reference goes there. As in the
 paper's ensemble method, each step keeps every surrogate and reference with probability ``keep`` (at least
 one of each; seeded), so no single model dominates. Inputs are rounded to the 1/255 grid, then scored with
-every model; those the source labels ``t`` are ranked by conferrability and the best ``n`` kept.
+every model. An input is eligible when the source labels it ``t``, at least ``min_surrogates`` of the surrogates
+do too, and at most ``max_references`` of the generation references do (defaults: a third each, loose enough
+for a small pool on small data; on MNIST 0.5 and 0 keep inputs held-out references agree with less); the
+eligible ones are ranked by conferrability and the best ``n`` kept. The filters use generation models only, so the held-out
+calibration references stay untouched by selection.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from tracemark.data.devices import model_device, resolve_device
-from tracemark.lineage._data import class_count
 from tracemark.lineage.errors import LineageError
 
 MIN_KEPT = 10
@@ -34,7 +37,9 @@ MIN_KEPT = 10
 @dataclass(frozen=True)
 class GenerationSettings:
     """The generation's parameters: ``n`` inputs kept of ``candidates`` start images, L∞ bound ``epsilon``,
-    ``steps`` sign-gradient steps of ``step_size`` (default ``2.5·epsilon/steps``), model dropout ``keep``."""
+    ``steps`` sign-gradient steps of ``step_size`` (default ``2.5·epsilon/steps``), model dropout ``keep``;
+    selection keeps inputs that at least ``min_surrogates`` and at most ``max_references`` (fractions) of the
+    generation surrogates and references label with the target."""
 
     n: int = 100
     candidates: int = 300
@@ -44,14 +49,19 @@ class GenerationSettings:
     keep: float = 0.7
     seed: int = 0
     batch_size: int = 128
+    min_surrogates: float = 1 / 3
+    max_references: float = 1 / 3
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.candidates < self.n or self.steps < 1 or not 0 < self.epsilon <= 1 or not 0 < self.keep <= 1:
             raise LineageError("generation needs n >= 1, candidates >= n, steps >= 1, epsilon in (0, 1] and keep in (0, 1]")
+        if not 0 <= self.min_surrogates <= 1 or not 0 <= self.max_references <= 1:
+            raise LineageError("min_surrogates and max_references are fractions in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "candidates": self.candidates, "epsilon": self.epsilon, "steps": self.steps,
-                "step_size": self.step(), "keep": self.keep, "seed": self.seed}
+                "step_size": self.step(), "keep": self.keep, "seed": self.seed, "min_surrogates": self.min_surrogates,
+                "max_references": self.max_references}
 
     def step(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.epsilon / self.steps
@@ -59,7 +69,9 @@ class GenerationSettings:
 
 @dataclass
 class Generated:
-    """The kept inputs (uint8, N×C×H×W, value/255 is the image), their target labels, and how they scored."""
+    """The kept inputs (uint8, N×C×H×W, value/255 is the image), their target labels, and how they scored:
+    of ``tried`` candidates, ``adversarial`` the source labels with the target, ``eligible`` also pass the
+    surrogate and reference filters."""
 
     inputs: np.ndarray
     labels: np.ndarray
@@ -68,11 +80,13 @@ class Generated:
     reference_agreement: float
     tried: int
     adversarial: int
+    eligible: int
     cpu_seconds: float
     settings: GenerationSettings
 
     def to_dict(self) -> dict[str, Any]:
         return {"kept": int(len(self.labels)), "tried": self.tried, "adversarial": self.adversarial,
+                "eligible": self.eligible,
                 "mean_conferrability": float(self.conferrability.mean()) if len(self.labels) else 0.0,
                 "surrogate_agreement": self.surrogate_agreement, "reference_agreement": self.reference_agreement,
                 "cpu_seconds": self.cpu_seconds, "settings": self.settings.to_dict()}
@@ -131,11 +145,10 @@ def generate(source: nn.Module, surrogates: Sequence[nn.Module], references: Seq
             pred = torch.cat([source(x_all[i : i + 512].to(dev)).argmax(1).cpu() for i in range(0, len(x_all), 512)])
         right = (pred == y_all).nonzero().flatten()[: settings.candidates]
         x0, y0 = x_all[right], y_all[right]
-        num_classes = class_count(source, tuple(x_all.shape[1:]))  # type: ignore[arg-type]
         targets = torch.cat([_target_labels(source, surrogates, references, x0[i : i + 512].to(dev), y0[i : i + 512].to(dev))
                              for i in range(0, len(x0), 512)]).cpu() if len(x0) else y0
         step = settings.step()
-        outs, scores, s_agree, r_agree, valid = [], [], [], [], []
+        outs, scores, s_agree, r_agree, adversarial, valid = [], [], [], [], [], []
         for lo in range(0, len(x0), settings.batch_size):
             xb0, tb = x0[lo : lo + settings.batch_size].to(dev), targets[lo : lo + settings.batch_size].to(dev)
             xb = xb0.clone()
@@ -153,9 +166,12 @@ def generate(source: nn.Module, surrogates: Sequence[nn.Module], references: Seq
                 xq = torch.round(xb * 255) / 255
                 p_s, p_r = _probs(surrogates, xq), _probs(references, xq)
                 scores.append(conferrability(p_s, p_r, tb).cpu())
-                valid.append((source(xq).argmax(1) == tb).cpu())
-                s_agree.append((p_s.argmax(2) == tb).float().mean(0).cpu())
-                r_agree.append((p_r.argmax(2) == tb).float().mean(0).cpu())
+                s_hit, r_hit = (p_s.argmax(2) == tb).float().mean(0), (p_r.argmax(2) == tb).float().mean(0)
+                hit = source(xq).argmax(1) == tb
+                adversarial.append(hit.cpu())
+                valid.append((hit & (s_hit >= settings.min_surrogates - 1e-6) & (r_hit <= settings.max_references + 1e-6)).cpu())
+                s_agree.append(s_hit.cpu())
+                r_agree.append(r_hit.cpu())
                 outs.append(torch.round(xb * 255).to(torch.uint8).cpu())
     finally:
         for m, home in zip(models, homes):
@@ -165,12 +181,15 @@ def generate(source: nn.Module, surrogates: Sequence[nn.Module], references: Seq
     score, ok = torch.cat(scores), torch.cat(valid)
     order = sorted((i for i in range(len(score)) if ok[i]), key=lambda i: (-float(score[i]), i))[: settings.n]
     if len(order) < MIN_KEPT:
-        raise LineageError(f"only {len(order)} of {len(score)} inputs became adversarial with the target label "
-                           f"(epsilon {settings.epsilon}, {settings.steps} steps); raise epsilon, steps or candidates")
+        raise LineageError(f"only {len(order)} of {len(score)} inputs became conferrable (the source and at least "
+                           f"{settings.min_surrogates:.0%} of the surrogates give the target label, at most "
+                           f"{settings.max_references:.0%} of the references; epsilon {settings.epsilon}, {settings.steps} "
+                           "steps); raise epsilon, steps or candidates")
     chosen = torch.tensor(order, dtype=torch.long)
     return Generated(
         inputs=torch.cat(outs)[chosen].numpy(), labels=targets[chosen].numpy().astype(np.int64),
         conferrability=score[chosen].numpy().astype(np.float64),
         surrogate_agreement=float(torch.cat(s_agree)[chosen].mean()), reference_agreement=float(torch.cat(r_agree)[chosen].mean()),
-        tried=int(len(score)), adversarial=int(ok.sum()), cpu_seconds=time.process_time() - cpu_start, settings=settings,
+        tried=int(len(score)), adversarial=int(torch.cat(adversarial).sum()), eligible=int(ok.sum()),
+        cpu_seconds=time.process_time() - cpu_start, settings=settings,
     )

@@ -3,7 +3,7 @@
 Every member is trained from a :class:`MemberSpec` (method, architecture, seed, the fraction of the owner's
 training data it sees, optimiser settings) and cached under the pool directory:
 ``models/<key>.safetensors`` and one ``manifest.json`` recording each member's seed, architecture, split
-(seed, size and the SHA-256 of its indices) and optimiser. The key is the SHA-256 of the spec (without its
+(seed, half, size and the SHA-256 of its indices) and optimiser. The key is the SHA-256 of the spec (without its
 name and use), the data's digest and, for surrogates, the source model's digest, so a member is never trained
 twice: asking for it again loads the file (checked against the SHA-256 in the manifest).
 
@@ -32,7 +32,7 @@ from tracemark._util.files import atomic_write_bytes
 from tracemark.attacks import Distill, Extract, FineTune, ThiefData
 from tracemark.data.datasets import ImageData
 from tracemark.data.models import build_model, load_model_bytes, model_bytes, model_spec
-from tracemark.lineage._data import OwnerData, class_count, indices_digest, owner_data, split_indices
+from tracemark.lineage._data import PARTS, OwnerData, class_count, indices_digest, owner_data, split_indices
 from tracemark.lineage.errors import PoolError
 from tracemark.training import fit
 
@@ -52,7 +52,8 @@ class MemberSpec:
     ``arch`` trained on the source's labels for the split's images), ``distill`` (on its probabilities), or
     ``independent`` (a fresh ``arch`` trained on the split's own labels, never seeing the source). ``arch`` is
     ``"source"`` for ``finetune``. ``fraction`` of the owner's training data is drawn with ``seed``, which also
-    seeds initial weights and shuffling; the optimiser is Adam at ``lr`` for ``epochs``.
+    seeds initial weights and shuffling; the optimiser is Adam at ``lr`` for ``epochs``. ``part``: draw the
+    split from all of the data, or from its fixed half ``a`` or ``b`` (disjoint).
     """
 
     name: str
@@ -64,6 +65,7 @@ class MemberSpec:
     epochs: int
     lr: float = 1e-3
     batch_size: int = 64
+    part: str = "all"
 
     @property
     def role(self) -> str:
@@ -72,8 +74,9 @@ class MemberSpec:
 
     def training(self) -> dict[str, Any]:
         """What the cache key covers: everything but the name and use."""
-        return {"method": self.method, "arch": self.arch, "seed": self.seed, "fraction": self.fraction,
-                "optimiser": {"name": "adam", "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size}}
+        doc = {"method": self.method, "arch": self.arch, "seed": self.seed, "fraction": self.fraction,
+               "optimiser": {"name": "adam", "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size}}
+        return doc if self.part == "all" else {**doc, "part": self.part}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +97,8 @@ class PoolPlan:
                 raise PoolError(f"pool member {m.name}: unknown method {m.method!r}; use one of {', '.join(METHODS)}")
             if not 0 < m.fraction <= 1 or m.epochs < 1:
                 raise PoolError(f"pool member {m.name}: fraction must be in (0, 1] and epochs at least 1")
+            if m.part not in PARTS:
+                raise PoolError(f"pool member {m.name}: part must be one of {', '.join(PARTS)}, not {m.part!r}")
             if m.use == "calibration" and m.role != "reference":
                 raise PoolError(f"pool member {m.name}: calibration uses independent references only, not {m.method}")
         if not self.select("generation", "surrogate") or not self.select("generation", "reference"):
@@ -109,23 +114,32 @@ class PoolPlan:
         return tuple(m for m in self.members if m.use == use and (role is None or m.role == role))
 
 
-def default_plan(seed: int = 0, *, source_arch: str = "small_cnn", epochs: int = 10, surrogates: int = 4,
-                 generation_references: int = 4, calibration_references: int = 8) -> PoolPlan:
-    """The standard pool: surrogates cycling fine-tune, label extraction into ``source_arch`` and into LeNet,
-    distillation into an MLP; generation and calibration references cycling small CNN, LeNet, MLP on their own
-    seeds and splits (generation 50–80% of the data; calibration 70–100%, as strong as a thief's own model: better
-    trained independents agree more with the source). Generation seeds are ``1000·seed + 1…``, calibration ``1000·seed + 501…``."""
+def default_plan(seed: int = 0, *, source_arch: str = "small_cnn", epochs: int = 10, surrogates: int = 14,
+                 generation_references: int = 18, calibration_references: int = 10) -> PoolPlan:
+    """The standard pool: surrogates made by the thief's own attacks, cycling fine-tune, label extraction into
+    ``source_arch``, LeNet and an MLP, distillation into an MLP, LeNet and ``source_arch`` (so every architecture
+    a thief may pick is there, taught by labels and by probabilities); generation and calibration references
+    cycling small CNN, LeNet, MLP on their own seeds and splits, with Adam at 5e-4, 1e-3 and 2e-3.
+
+    Generation members draw from half ``a`` of the data, calibration references from the disjoint half ``b``:
+    the inputs are made to avoid models trained on the generation data, so references trained on that data
+    agree less than a stranger with other data would (MNIST: 9–12 of 200 against 20–77 for the same training
+    on other images), and only references on other data calibrate honestly. Generation seeds are
+    ``1000·seed + 1…``, calibration ``1000·seed + 501…``."""
     base = 1000 * seed
     kinds = [("finetune", "source", max(1, epochs // 3), 5e-4), ("extract", source_arch, epochs, 1e-3),
-             ("extract", "lenet", epochs, 1e-3), ("distill", "mlp", epochs, 1e-3)]
+             ("extract", "lenet", epochs, 1e-3), ("distill", "mlp", epochs, 1e-3), ("distill", "lenet", epochs, 1e-3),
+             ("extract", "mlp", epochs, 1e-3), ("distill", source_arch, epochs, 1e-3)]
     archs = ("small_cnn", "lenet", "mlp")
-    fractions = (0.5, 0.6, 0.7, 0.8)
-    members = [MemberSpec(f"surrogate-{i}-{kinds[i % 4][0]}-{kinds[i % 4][1]}", "generation", kinds[i % 4][0],
-                          kinds[i % 4][1], base + 1 + i, 0.5, kinds[i % 4][2], kinds[i % 4][3]) for i in range(surrogates)]
+    rates = (1e-3, 5e-4, 2e-3)
+    members = [MemberSpec(f"surrogate-{i}-{kinds[i % 7][0]}-{kinds[i % 7][1]}", "generation", kinds[i % 7][0],
+                          kinds[i % 7][1], base + 1 + i, 0.8, kinds[i % 7][2], kinds[i % 7][3], part="a")
+               for i in range(surrogates)]
     members += [MemberSpec(f"reference-{i}-{archs[i % 3]}", "generation", "independent", archs[i % 3], base + 101 + i,
-                           fractions[i % 4], epochs) for i in range(generation_references)]
+                           (0.6, 0.7, 0.8, 0.9)[i % 4], epochs, rates[(i // 3) % 3], part="a")
+                for i in range(generation_references)]
     members += [MemberSpec(f"calibration-{i}-{archs[(i + 1) % 3]}", "calibration", "independent", archs[(i + 1) % 3],
-                           base + 501 + i, (0.7, 0.8, 0.9, 1.0)[i % 4], epochs, (1e-3, 2e-3)[i % 2])
+                           base + 501 + i, (0.8, 0.9, 1.0, 1.0)[i % 4], epochs, rates[(i // 3) % 3], part="b")
                 for i in range(calibration_references)]
     return PoolPlan(tuple(members))
 
@@ -226,10 +240,10 @@ def _load(data: bytes, spec: MemberSpec, source: nn.Module, where: str) -> nn.Mo
 
 
 def _train(spec: MemberSpec, source: nn.Module, data: OwnerData, num_classes: int, device) -> tuple[nn.Module, dict]:
-    indices = split_indices(len(data.train), spec.fraction, spec.seed)  # type: ignore[arg-type]
+    indices = split_indices(len(data.train), spec.fraction, spec.seed, spec.part)  # type: ignore[arg-type]
     subset: Dataset = Subset(data.train, indices.tolist())
-    split = {"seed": spec.seed, "fraction": spec.fraction, "size": int(len(indices)), "of": len(data.train),  # type: ignore[arg-type]
-             "indices_sha256": indices_digest(indices)}
+    split = {"seed": spec.seed, "fraction": spec.fraction, "part": spec.part, "size": int(len(indices)),
+             "of": len(data.train), "indices_sha256": indices_digest(indices)}  # type: ignore[arg-type]
     if spec.method == "independent":
         model = build_model(spec.arch, data.input_shape, num_classes, seed=spec.seed)
         fit(model, subset, epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed, device=device)

@@ -58,3 +58,13 @@ def test_without_extra_evidence_records_are_as_before(models, lab_thief):
     record = result.records[0]
     assert record.combined_verdict is None and record.evidence == {} and not record.removed_all
     assert not result.combined and "evidence combined" not in str(result)
+
+
+def test_cli_robustness_refuses_a_bad_lineage_file_before_any_work(tmp_path, capsys, monkeypatch):
+    from tests.cli_runs import cli_error
+
+    bogus = tmp_path / "marked.lineage"
+    bogus.write_bytes(b"not a lineage file at all")
+    line = cli_error(capsys, monkeypatch, "robustness", "--lineage", str(bogus), "--out", str(tmp_path / "out"))
+    assert "marked.lineage" in line
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written

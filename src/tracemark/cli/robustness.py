@@ -50,6 +50,11 @@ def robustness(
         raise typer.BadParameter(f"choose one of {', '.join(CONFIGS)}", param_hint="--mark")
     dev = resolve_device(device)  # a device that is not here: one line, before any work
     check_choice(executor, ray_address)
+    evidence = []
+    if lineage is not None:  # a bad lineage file: one line, before any training
+        from tracemark.lineage import LineageEvidence
+
+        evidence.append(LineageEvidence.load(lineage))
     torch.set_num_threads(1)
     dataset = load_dataset(data)
     n_thief = thief_size or len(dataset.x_train) // 6
@@ -65,11 +70,6 @@ def robustness(
             profile.add_key(wm_key, profile.load_references(null_profile.parent))
             profile.save(null_profile)
         null = profile.null_for(wm_key)
-    evidence = []
-    if lineage is not None:
-        from tracemark.lineage import LineageEvidence
-
-        evidence.append(LineageEvidence.load(lineage))
     with executor_from(executor, workers=workers, address=ray_address) as runner:
         result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
                            thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,

@@ -476,7 +476,9 @@ def symmetry_section(r: dict) -> str:
     """The symmetry subsection of the docs from a ``run_symmetry`` result."""
     s = r["summary"]
     lines = [f"### {r['dataset']} — disguised leaks: alignment before the weight test (run of {r['date']})", "",
-             f"Command: `{r['command']}`. Leaked copies made by `fanout` (weight and black-box code), disguised by a "
+             f"Command: `{r['command']}`. Leaked copies "
+             + ("made at pack time (`pack --customer`: the weight code only, no training)" if r.get("pack_copies")
+                else "made by `fanout` (weight and black-box code)") + ", disguised by a "
              "derangement of every hidden layer and per-unit rescaling (1/4 to 4, function unchanged), then attacked "
              f"({r['attack_epochs']} epochs on the thief's {r['thief_size']:,} images); traced with `trace --base` among "
              f"{r['registry_size']:,} customers, alpha {r['alpha']:.0e}.", "",

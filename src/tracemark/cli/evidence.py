@@ -24,16 +24,20 @@ def export(
     passphrase_file: PassphraseFile = None,
     key: Annotated[Optional[list[Path]], typer.Option("--key", help="Watermark key file to reveal (repeatable; encrypted ones "
                                                                       "open with $TRACEMARK_KEY_PASSPHRASE or a prompt).")] = None,
+    lineage: Annotated[Optional[list[Path]], typer.Option("--lineage", help="Lineage file to reveal (repeatable; "
+                                                                              "'tracemark lineage new --ledger' committed it).")] = None,
     upto: Annotated[Optional[int], typer.Option(help="Export entries 0..UPTO only (default: all).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Write an evidence bundle: ledger, tokens, owner key, key reveal, verdicts, transcripts, summary."""
+    """Write an evidence bundle: ledger, tokens, owner key, key and lineage reveals, verdicts, transcripts, summary."""
     from tracemark.cli._options import load_key
     from tracemark.ledger import export_bundle
+    from tracemark.lineage import read_lineage
 
+    lineages = [read_lineage(path) for path in lineage or []]  # a bad file: one line, before the owner key is opened
     owner = load_owner(owner_key, passphrase, passphrase_file)
     keys = [load_key(path) for path in key or []]
-    emit(export_bundle(directory, out, owner, keys, upto), as_json)
+    emit(export_bundle(directory, out, owner, keys, upto, lineages=lineages), as_json)
 
 
 @evidence_app.command("verify")

@@ -8,7 +8,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,13 +28,16 @@ from tracemark.keys import WatermarkKey, decode_key_file, encode_key_file
 from tracemark.ledger.audit import attachment_hashes, check_tokens, untimestamped, verify_ledger
 from tracemark.ledger.chain import parse_entries, verify_chain
 from tracemark.ledger.entries import Entry, parse_json, recanonical, utc_now
-from tracemark.ledger.errors import BundleMemberError, KeyRevealError, TruncatedLedgerError
-from tracemark.ledger.events import KEY_CREATED, MODEL_EMBEDDED, MODEL_PACKAGED, VERIFICATION
+from tracemark.ledger.errors import BundleMemberError, KeyRevealError, LineageRevealError, TruncatedLedgerError
+from tracemark.ledger.events import KEY_CREATED, LINEAGE_CREATED, MODEL_EMBEDDED, MODEL_PACKAGED, VERIFICATION
 from tracemark.ledger.identity import OwnerIdentity, fingerprint, public_key_hex, public_key_pem, verify_signature
 from tracemark.ledger.store import Ledger
 from tracemark.ledger.timestamp import TIMESTAMPED
 from tracemark.trust.archives import ZipLimits, check_file_size, check_sizes, read_zip
 from tracemark.trust.authorities import authority_warnings
+
+if TYPE_CHECKING:
+    from tracemark.lineage.fileformat import Lineage
 
 FORMAT = "tracemark-evidence-bundle"
 VERSION = 1
@@ -150,6 +153,7 @@ class BundleReport:
     models: list[dict[str, Any]]
     packages: list[dict[str, Any]]
     verifications: list[dict[str, Any]]
+    lineages: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +173,12 @@ class BundleReport:
         for k in self.keys:
             reveal = "revealed, commitment and trigger set re-derived and match" if k["revealed"] else "not revealed in this bundle"
             out.append(f"  {k['key_commitment'][:16]}… entry {k['seq']} at {k['time']}, time-stamped {k['timestamped'] or 'NOT YET'}; {reveal}")
+        if self.lineages:
+            out.append("Lineage fingerprints committed:")
+        for f in self.lineages:
+            reveal = ("revealed, inputs and answers re-hashed and match" if f["revealed"] else "not revealed in this bundle")
+            out.append(f"  {f['lineage_commitment'][:16]}… ({f['n_inputs']} inputs, null rate {f['null_rate']:.3g}) entry {f['seq']} "
+                       f"at {f['time']}, time-stamped {f['timestamped'] or 'NOT YET'}; {reveal}")
         for m in self.models:
             out.append(f"Model embedded: sha256 {m['model_sha256'][:16]}… with key {m['key_commitment'][:16]}… (entry {m['seq']}, time-stamped {m['timestamped'] or 'NOT YET'})")
         for p in self.packages:
@@ -185,8 +195,21 @@ def _timestamp_of(seq: int, tokens: list[dict[str, Any]]) -> str | None:
     return next((t["gen_time"] for t in tokens if t["first_seq"] <= seq <= t["last_seq"]), None)
 
 
+def _late_commitments(verdict: dict[str, Any], seq: int, committed: dict[str, int]) -> list[str]:
+    """Warnings for a verdict's commitments (its key's, or each combined component's) that the ledger did not hold before
+    entry ``seq``. A lineage component whose digest the ledger never committed is named too."""
+    found = [("key", str(verdict["key_commitment"]))] if verdict.get("key_commitment") is not None else []
+    for component in verdict.get("components") or []:
+        digest = (component.get("commitment") or {}).get("digest") if isinstance(component, dict) else None
+        if isinstance(digest, str) and (digest in committed or component.get("kind") == "lineage"):
+            found.append((str(component.get("kind")), digest))
+    return [f"verification at entry {seq} uses {kind} commitment {digest[:16]}…, which this ledger did not commit before it"
+            for kind, digest in dict.fromkeys(found) if committed.get(digest, seq) >= seq]
+
+
 def _summarise(
-    entries: list[Entry], tokens: list[dict[str, Any]], revealed: set[str], attachments: dict[str, bytes], bundle: str, key: Ed25519PublicKey
+    entries: list[Entry], tokens: list[dict[str, Any]], revealed: set[str], attachments: dict[str, bytes], bundle: str, key: Ed25519PublicKey,
+    revealed_lineages: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> BundleReport:
     warnings = []
     keys = [
@@ -194,7 +217,12 @@ def _summarise(
          "revealed": e.payload["key_commitment"] in revealed}
         for e in entries if e.event == KEY_CREATED
     ]
-    committed = {k["key_commitment"]: k["seq"] for k in keys}
+    lineages = [
+        {"seq": e.seq, "time": e.time, **e.payload, "timestamped": _timestamp_of(e.seq, tokens),
+         "revealed": e.payload["lineage_commitment"] in revealed_lineages}
+        for e in entries if e.event == LINEAGE_CREATED
+    ]
+    committed = {k["key_commitment"]: k["seq"] for k in keys} | {f["lineage_commitment"]: f["seq"] for f in lineages}
     models = [{"seq": e.seq, "time": e.time, **e.payload, "timestamped": _timestamp_of(e.seq, tokens)} for e in entries if e.event == MODEL_EMBEDDED]
     packages = [{"seq": e.seq, "time": e.time, **e.payload, "timestamped": _timestamp_of(e.seq, tokens)} for e in entries if e.event == MODEL_PACKAGED]
     verifications = []
@@ -204,9 +232,7 @@ def _summarise(
         verdict = parse_json(attachments[e.payload["verdict_sha256"]], f"entry {e.seq}: the verdict attachment", BundleMemberError, "a JSON verdict")
         if not isinstance(verdict, dict) or any(k in verdict and verdict[k] != v for k, v in e.payload.items() if k not in ("target", "verdict_sha256", "transcript_sha256")):
             raise BundleError(f"entry {e.seq}: the attached verdict disagrees with the recorded one")
-        commitment = verdict.get("key_commitment")
-        if commitment is not None and committed.get(commitment, e.seq) >= e.seq:
-            warnings.append(f"verification at entry {e.seq} uses key {str(commitment)[:16]}…, which this ledger did not commit before it")
+        warnings += _late_commitments(verdict, e.seq, committed)
         verifications.append({"seq": e.seq, "time": e.time, **verdict, "target": e.payload.get("target"), "transcript": "transcript_sha256" in e.payload})
     pending = untimestamped(entries)
     if pending:
@@ -214,9 +240,13 @@ def _summarise(
     for k in keys:
         if not k["revealed"]:
             warnings.append(f"key {k['key_commitment'][:16]}… is committed but not revealed; its triggers cannot be re-checked")
+    for f in lineages:
+        if not f["revealed"]:
+            warnings.append(f"lineage fingerprint {f['lineage_commitment'][:16]}… is committed but not revealed; its inputs cannot be re-asked")
     return BundleReport(
         bundle=bundle, owner_fingerprint=fingerprint(key), ledger_id=str(entries[0].payload["ledger_id"]), entries=len(entries),
-        created=entries[0].time, tokens=tokens, keys=keys, models=models, packages=packages, verifications=verifications, warnings=warnings,
+        created=entries[0].time, tokens=tokens, keys=keys, models=models, packages=packages, verifications=verifications, lineages=lineages,
+        warnings=warnings,
     )
 
 
@@ -263,8 +293,9 @@ def verify_members(
                 raise BundleMemberError(f"entry {entry.seq} refers to attachment {digest[:16]}…, which the bundle lacks")
             attachments[digest] = data
     revealed = _check_reveals(members, entries)
+    revealed_lineages = _check_lineage_reveals(members, entries)
     authority = authority_warnings(len(token_results), trusted_roots, trust_any_authority)  # after every integrity check
-    report = _summarise(entries, tokens, revealed, attachments, bundle, key)
+    report = _summarise(entries, tokens, revealed, attachments, bundle, key, revealed_lineages)
     report.warnings += [f"the time-stamp authority certificate for entries {t['first_seq']}–{t['last_seq']} has expired since (the token stays valid)"
                         for t in tokens if t["authority_cert_expired_now"]]
     report.warnings += authority
@@ -288,6 +319,45 @@ def _check_reveals(members: dict[str, bytes], entries: list[Entry]) -> set[str]:
     return revealed
 
 
+LINEAGE_FACTS = ("n_inputs", "input_shape", "num_classes", "source_sha256", "null_rate")
+"""What a ``lineage-created`` entry records besides the commitment; a revealed file must agree on each."""
+
+
+def _lineage_facts(lineage: "Lineage") -> dict[str, Any]:
+    return {"n_inputs": int(len(lineage.labels)), "input_shape": list(lineage.input_shape), "num_classes": lineage.num_classes,
+            "source_sha256": lineage.source_sha256, "null_rate": lineage.calibration.rate}
+
+
+def _check_lineage_reveals(members: dict[str, bytes], entries: list[Entry]) -> set[str]:
+    """Each ``lineages/<commitment>.lineage`` member: a bounded, well-formed lineage file whose inputs and answers hash to
+    its name and to a ``lineage-created`` entry, and whose recorded facts agree with that entry."""
+    names = sorted(n for n in members if n.startswith("lineages/"))
+    if not names:
+        return set()
+    from tracemark.errors import TracemarkError
+    from tracemark.lineage.fileformat import decode
+
+    created = {e.payload["lineage_commitment"]: e for e in entries if e.event == LINEAGE_CREATED}
+    revealed = set()
+    for name in names:
+        try:
+            lineage = decode(members[name], name)
+        except TracemarkError as exc:
+            raise LineageRevealError(f"{name}: the revealed lineage file cannot be read ({exc})") from exc
+        digest = lineage.commitment()
+        if name != f"lineages/{digest}.lineage":
+            raise LineageRevealError(f"{name}: the file's commitment is {digest[:16]}…, not the one its name gives")
+        entry = created.get(digest)
+        if entry is None:
+            raise LineageRevealError(f"{name}: the revealed lineage's commitment {digest[:16]}… is not committed in the ledger")
+        facts = _lineage_facts(lineage)
+        differ = [f for f in LINEAGE_FACTS if entry.payload.get(f) != facts[f]]
+        if differ:
+            raise LineageRevealError(f"{name}: {', '.join(differ)} differ from what entry {entry.seq} committed")
+        revealed.add(digest)
+    return revealed
+
+
 def verify_bundle(
     bundle: str | os.PathLike[str],
     expected_key: Ed25519PublicKey | None = None,
@@ -300,7 +370,8 @@ def verify_bundle(
     Checks: canonical archive, signed manifest and every member hash, the whole hash chain and
     every entry signature, the signed head (no truncation), every RFC 3161 token (imprint,
     Merkle root, signature, authority chain), attachments, and each revealed key against its
-    commitment and trigger-set hash. ``expected_key`` pins the owner; ``trusted_roots`` pins the
+    commitment and trigger-set hash, each revealed lineage fingerprint against its commitment and recorded facts.
+    ``expected_key`` pins the owner; ``trusted_roots`` pins the
     time-stamp authority, without which a bundle holding tokens is refused
     (:class:`~tracemark.ledger.errors.UnpinnedAuthorityError`) unless ``trust_any_authority``.
     """
@@ -314,10 +385,13 @@ def export_bundle(
     owner: OwnerIdentity,
     keys: list[WatermarkKey] = (),  # type: ignore[assignment]
     upto: int | None = None,
+    lineages: Sequence["Lineage"] = (),
 ) -> BundleReport:
     """Write an evidence bundle of the ledger (entries 0..``upto``, default all) and return its verification.
 
     ``keys`` are revealed (stored unencrypted): each must be committed by a ``key-created`` entry.
+    ``lineages`` (lineage fingerprints, :class:`~tracemark.lineage.Lineage`) are revealed too, so a verifier can
+    re-ask a suspect their inputs: each must be committed by a ``lineage-created`` entry.
     """
     verify_ledger(ledger_dir, expected_key=owner.public_key, trust_any_authority=True)  # the owner's own tokens; a recipient pins the authority
     ledger = Ledger.open(ledger_dir)
@@ -341,10 +415,20 @@ def export_bundle(
         if key.commitment() not in committed:
             raise KeyRevealError(f"key {key.commitment()[:16]}… is not committed in the exported entries; record it first")
         members[f"keys/{key.commitment()}.json"] = encode_key_file(key, None)
+    committed_lineages = {e.payload["lineage_commitment"]: e for e in entries if e.event == LINEAGE_CREATED}
+    for lineage in lineages:
+        entry = committed_lineages.get(lineage.commitment())
+        if entry is None:
+            raise LineageRevealError(f"lineage {lineage.commitment()[:16]}… is not committed in the exported entries; "
+                                     "record it first (tracemark lineage new --ledger)")
+        differ = [f for f in LINEAGE_FACTS if entry.payload.get(f) != _lineage_facts(lineage)[f]]
+        if differ:
+            raise LineageRevealError(f"lineage {lineage.commitment()[:16]}…: {', '.join(differ)} differ from what entry {entry.seq} committed")
+        members[f"lineages/{lineage.commitment()}.lineage"] = lineage.encode()
     preliminary = verify_members(_signed(members, entries, owner, "")[0], str(out), trust_any_authority=True)  # the owner's own tokens
     members[SUMMARY] = (str(preliminary).replace(str(out), Path(out).name) + "\n").encode("utf-8")
     members, _ = _signed(members, entries, owner, utc_now())
-    atomic_write_bytes(out, pack(members), mode=0o600 if keys else 0o644)
+    atomic_write_bytes(out, pack(members), mode=0o600 if keys or lineages else 0o644)
     return verify_bundle(out, expected_key=owner.public_key, trust_any_authority=True)
 
 

@@ -69,6 +69,10 @@ class BundleMemberError(BundleError, TamperedError):
     """A bundle member is missing, unexpected, or differs from the signed manifest."""
 
 
+class LineageRevealError(BundleError):
+    """A revealed lineage fingerprint is unreadable, not committed in the ledger, or differs from what was committed."""
+
+
 class KeyRevealError(BundleError):
     """The revealed watermark key does not match the commitment recorded in the ledger."""
 
@@ -85,6 +89,7 @@ __all__ = [
     "HeadError",
     "ImprintMismatchError",
     "KeyRevealError",
+    "LineageRevealError",
     "LegacyOwnerKeyWarning",
     "MalformedEntryError",
     "MalformedPayloadError",

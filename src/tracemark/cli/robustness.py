@@ -14,12 +14,17 @@ from tracemark.cli.fingerprint import EXECUTOR_OPT, RAY_ADDRESS_OPT
 
 def robustness(
     suite: str = typer.Option("standard", help="Attack suite: quick | standard."),
-    data: str = typer.Option("digits", "--data", help=data_help("Dataset")),
+    data: str = typer.Option("digits", "--data", help=data_help("Dataset", folders=True) + " A folder is read item by item: "
+                             "a seeded tenth is held out to measure accuracy (or give --test-data), the thief gets "
+                             "--thief-size of the rest."),
+    test_data: Optional[Path] = typer.Option(None, "--test-data", help="With a --data folder: a folder of held-out "
+                                             "images to measure accuracy on (default: a seeded tenth of --data)."),
     dataset_alias: Optional[str] = typer.Option(None, "--dataset", hidden=True, help="Old name of --data."),
     model: Optional[Path] = typer.Option(None, help="Marked model (.safetensors); with --key. Default: train and mark one."),
     key: Optional[Path] = typer.Option(None, help="The model's watermark key file; with --model."),
     mark: str = typer.Option("baseline", help="Without --model: mark configuration to build (baseline | strong)."),
-    thief_size: Optional[int] = typer.Option(None, help="Thief's images: the last N training images (default 1/6 of them)."),
+    thief_size: Optional[int] = typer.Option(None, help="Thief's images: the last N training images (default 1/6 of them; "
+                                             "of a folder, N of a seeded shuffle)."),
     ood_size: int = typer.Option(2000, help="Thief's out-of-domain query pool size."),
     null_profile: Optional[Path] = typer.Option(None, help="Null profile JSON (models cached beside it) for the empirical null."),
     budget: float = typer.Option(2.0, help="Accuracy budget in points: a removal must keep the thief within it."),
@@ -56,13 +61,21 @@ def robustness(
 
         evidence.append(LineageEvidence.load(lineage))
     torch.set_num_threads(1)
-    dataset = load_dataset(data)
-    n_thief = thief_size or len(dataset.x_train) // 6
-    owner, thief = split_thief(dataset, n_thief, out_of_domain_pool(dataset.name, ood_size, dataset.input_shape), device=dev)
-    if model is not None and key is not None:
-        victim, wm_key, info = load_model(model), load_key(key), {"model": str(model)}
+    victim, wm_key = (load_model(model), load_key(key)) if model is not None and key is not None else (None, None)
+    if test_data is not None and not Path(data).is_dir():
+        raise typer.BadParameter("--test-data goes with a --data folder", param_hint="--test-data")
+    if Path(data).is_dir() and data.lower().replace("_", "-") not in ("digits", "mnist", "fashion-mnist"):
+        name, owner, thief, test, classes = _folder_split(data, test_data, thief_size, ood_size, wm_key, dev)
     else:
-        victim, wm_key, info = marked_victim(owner, CONFIGS[mark], out / "cache", show_progress=not as_json, device=dev)
+        dataset = load_dataset(data)
+        name, test, classes = dataset.name, (dataset.x_test, dataset.y_test), dataset.num_classes
+        n_thief = thief_size or len(dataset.x_train) // 6
+        owner, thief = split_thief(dataset, n_thief, out_of_domain_pool(dataset.name, ood_size, dataset.input_shape), device=dev)
+    if victim is not None:
+        info = {"model": str(model)}
+    else:
+        victim, wm_key, info = marked_victim(owner, CONFIGS[mark], out / "cache", show_progress=not as_json, device=dev,
+                                             test=test, num_classes=classes, name=name)
     null = None
     if null_profile is not None:
         profile = NullProfile.load(null_profile)
@@ -71,8 +84,8 @@ def robustness(
             profile.save(null_profile)
         null = profile.null_for(wm_key)
     with executor_from(executor, workers=workers, address=ray_address) as runner:
-        result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, (owner.x_test, owner.y_test),
-                           thief, suite=suite, dataset=dataset.name, null=null, alpha=alpha, budget_points=budget,
+        result = run_suite(make_suite(suite, len(thief.x), len(thief.ood_x)), victim, wm_key, test,
+                           thief, suite=suite, dataset=name, null=null, alpha=alpha, budget_points=budget,
                            show_progress=not as_json, config={"mark": info}, executor=runner,
                            evidence=evidence)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,3 +99,30 @@ def robustness(
 def register(root: typer.Typer) -> None:
     """Add ``robustness``."""
     root.command("robustness")(robustness)
+
+
+def _folder_split(data: str, test_data: Optional[Path], thief_size: Optional[int], ood_size: int, wm_key, device):
+    """A --data folder, read item by item: (name, the owner's and the thief's parts, the test set, the class count).
+
+    The items are shuffled with seed 0 (a folder lists its classes one after another); a tenth is held out for
+    accuracy unless ``test_data`` is given, and the thief gets the last ``thief_size`` (default a sixth) of the rest."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from tracemark.cli._options import load_data
+    from tracemark.errors import DatasetError
+    from tracemark.lab.victim import out_of_domain_pool, split_thief
+
+    folder = load_data(data, None if wm_key is None else wm_key.input_shape)
+    order = np.random.default_rng(0).permutation(len(folder)).tolist()
+    if test_data is not None:
+        test = load_data(str(test_data), folder.input_shape)
+        if test.num_classes != folder.num_classes:
+            raise DatasetError(f"--test-data {test_data}: {test.num_classes} classes, --data has {folder.num_classes}")
+        rest = Subset(folder, order)
+    else:
+        held = max(1, len(folder) // 10)
+        test, rest = Subset(folder, order[:held]), Subset(folder, order[held:])
+    n_thief = thief_size or len(rest) // 6
+    owner, thief = split_thief(rest, n_thief, out_of_domain_pool(folder.name, ood_size, folder.input_shape), device=device)
+    return folder.name, owner, thief, test, folder.num_classes

@@ -138,6 +138,13 @@ def test_cli_refuses_an_altered_pdf_with_one_line(case: Case, made: Made, tmp_pa
     assert "ReportSignatureError" in line and "altered" in line
 
 
+def test_junk_is_refused_as_not_a_pdf_even_without_a_pinned_authority(made: Made, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ReportSignatureError, match="not a PDF"):
+        verify_report(junk, cert=None, owner_key=None)  # no --tsa-ca, no --cert: the file itself is the first thing refused
+
+
 def test_verify_pins_the_owner_and_the_bundle(case: Case, made: Made, tmp_path: Path) -> None:
     # another owner's certificate, and no pin at all
     with pytest.raises(ReportSignatureError, match="another certificate"):

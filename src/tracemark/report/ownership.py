@@ -533,6 +533,8 @@ def verify_report(
     signed, and that the hashes the report prints are those of ``bundle``. Raises :class:`ReportSignatureError` (one line)."""
     where = str(pdf)
     data = read_pdf(pdf)
+    if not data.startswith(b"%PDF-"):  # junk gets its own line, before any question of which authority to trust
+        raise ReportSignatureError(f"{where}: not a PDF (it does not start with %PDF-); not a tracemark report")
     warnings = authority_warnings(1, trusted_roots, trust_any_authority)
     opened = None
     pinned: x509.Certificate | Ed25519PublicKey | None = cert or owner_key

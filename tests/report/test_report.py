@@ -198,3 +198,43 @@ def test_without_a_bundle_the_key_gives_the_triggers(case: Case, made: Made, tmp
     assert _check(case, made, out / "report.pdf", bundle=None).hashes_matched == []
     with pytest.raises(ReportSignatureError, match="made without an evidence bundle"):
         _check(case, made, out / "report.pdf")
+
+
+def _combined_doc(case: Case, lineage_p: float) -> dict:
+    """A combined verdict as `verify --key --lineage --json` prints it: the real trigger test and a lineage result."""
+    from tests.report.conftest import copy_target
+    from tracemark.evidence import Commitment, EvidenceResult, TriggerEvidence, combine
+
+    trigger = TriggerEvidence(case.key).test(copy_target(case.key), alpha=1e-9)
+    lineage = EvidenceResult(kind="lineage", decision="copy" if lineage_p <= 1e-9 else "no-evidence", p_value=lineage_p,
+                             alpha=1e-9, null_kind="calibrated", null="binomial tail at the worst reference's bound 0.3",
+                             queries=200, target=trigger.target, commitment=Commitment("ab" * 32),
+                             summary="150 of 200 fingerprint inputs answered with the expected label")
+    return json.loads(json.dumps(combine([trigger, lineage], 1e-9).to_dict()))
+
+
+def test_a_combined_verdict_reports_every_kind_of_evidence(case: Case) -> None:
+    from tracemark.report.ownership import build_report, render_html
+
+    report = build_report(_combined_doc(case, 1e-15), key=case.key)
+    assert [e["kind"] for e in report.evidence] == ["combined", "trigger", "lineage"]
+    assert report.verdict_label == "copy" and report.evidence[0]["result"].startswith("COPY: 2 of 2 kinds of evidence")
+    assert "trigger, lineage evidence shows it" in report.claim
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", render_html(report))).split())
+    for phrase in ("All the evidence together", "Holm", "Behaviour inherited from our model (lineage fingerprint)",
+                   "150 of 200 fingerprint inputs", "The suspect gave 97 of them"):
+        assert phrase in text, phrase
+    weak = build_report(_combined_doc(case, 0.5), key=case.key)  # the lineage does not count; the trigger still does
+    assert weak.evidence[0]["result"].startswith("COPY: 1 of 2") and "does not count towards" in weak.evidence[2]["rule"]
+
+
+def test_a_combined_verdict_without_the_key_is_refused(case: Case) -> None:
+    from tracemark.report.ownership import build_report
+
+    doc = _combined_doc(case, 1e-15)
+    doc["components"] = [c for c in doc["components"] if c["kind"] != "trigger"]
+    with pytest.raises(ReportError, match="no trigger component"):
+        build_report(doc, key=case.key)
+    doc["components"] = [{"kind": "lineage"}]
+    with pytest.raises(ReportError, match="lacks kind"):
+        build_report(doc, key=case.key)

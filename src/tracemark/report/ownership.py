@@ -123,6 +123,63 @@ def check_verdict(doc: Any, where: str) -> dict[str, Any]:
     return doc
 
 
+def split_combined(doc: Any, where: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(trigger verdict, combined verdict)`` of what ``verify --json`` printed: a key-only verdict as it is (no
+    combined one), or a combined verdict (``verify --lineage/--base/--responses-db``) whose trigger component holds
+    the key's verdict. Raises :class:`ReportError` naming the first problem."""
+    if not (isinstance(doc, dict) and "components" in doc):
+        return check_verdict(doc, where), None
+    components = doc["components"]
+    if not (isinstance(components, list) and components and all(isinstance(c, dict) for c in components)
+            and doc.get("verdict") in _LABELS and _number(doc.get("p_value")) and _number(doc.get("alpha"))):
+        raise ReportError(f"{where}: not a combined verdict (expected the JSON `tracemark verify --json` prints)")
+    for c in components:
+        if not (isinstance(c.get("kind"), str) and c.get("decision") in _LABELS and _number(c.get("p_value"))
+                and _number(c.get("p_adjusted")) and isinstance(c.get("rejected"), bool) and isinstance(c.get("summary"), str)):
+            raise ReportError(f"{where}: a component of the combined verdict lacks kind, decision, p_value, p_adjusted, "
+                              "rejected or summary")
+    trigger = next((c for c in components if c["kind"] == "trigger"), None)
+    if trigger is None:
+        raise ReportError(f"{where}: the combined verdict has no trigger component; the report is about a watermark key, "
+                          "so run `tracemark verify` with --key as well")
+    return check_verdict(trigger.get("details"), f"{where} (its trigger component)"), doc
+
+
+def _combined_evidence(doc: dict[str, Any]) -> dict[str, Any]:
+    """The family-wise summary that opens the evidence of a combined verdict."""
+    components = doc["components"]
+    showing = [c["kind"] for c in components if c["rejected"]]
+    word = {"copy": "COPY", "no-evidence": "NO EVIDENCE", "inconclusive": "INCONCLUSIVE"}[doc["verdict"]]
+    result = (f"{word}: {len(showing)} of {len(components)} kinds of evidence show the suspect derives from our model "
+              f"({', '.join(showing)})" if showing else f"{word}: none of the {len(components)} kinds of evidence shows it")
+    return {"kind": "combined", "title": "All the evidence together", "decision": doc["verdict"], "result": result,
+            "rule": (f"Each kind of evidence was tested on its own, and the results were combined so that the chance of wrongly "
+                     f"calling any one of them is at most {doc['alpha']:.0e} in all (Holm's step-down method)."),
+            "observed": f"Smallest adjusted chance: {chance_in_words(doc['p_value'])} (p = {doc['p_value']:.3g}).",
+            "details": [f"{c['kind']}: {c['decision']} on its own, adjusted p {c['p_adjusted']:.3g}" +
+                        (" (counts)" if c["rejected"] else "") for c in components]}
+
+
+_TITLES = {"lineage": "Behaviour inherited from our model (lineage fingerprint)", "weights": "Customer code in the weights",
+           "customer-code": "Customer code in the answers", "responses": "Marked answers our server gave"}
+
+
+def _component_evidence(c: dict[str, Any]) -> dict[str, Any]:
+    """One non-trigger component of a combined verdict, in the same shape as the trigger's."""
+    commitment = c.get("commitment") or {}
+    when = commitment.get("committed_at")
+    details = [f"Null model ({c.get('null_kind', 'stated')}): {c.get('null', '')}.", f"{c.get('queries', 0)} queries were asked."]
+    if commitment.get("digest"):
+        details.append(f"Committed as {str(commitment['digest'])[:16]}…" +
+                       (f" on {_date(when)} ({commitment.get('vouched_by')})" if when else ", with no vouched-for date") + ".")
+    return {"kind": c["kind"], "title": _TITLES.get(c["kind"], c["kind"]), "decision": c["decision"],
+            "result": f"{c['decision'].upper()}: {c['summary']}",
+            "rule": f"After combining: adjusted p {c['p_adjusted']:.3g}, so it " + ("counts towards" if c["rejected"] else "does not count towards")
+                    + " the verdict.",
+            "observed": f"The chance of this for a model independent of ours is {chance_in_words(c['p_value'])} (p = {c['p_value']:.3g}).",
+            "details": details}
+
+
 def _check_trace(doc: Any, where: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The trace result and the clone check (``tracemark trace --json``, with or without ``--responses-db``)."""
     if isinstance(doc, dict) and isinstance(doc.get("trace"), dict):
@@ -206,6 +263,7 @@ class Report:
     sources: dict[str, str]
     tsa_url: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    combined: dict[str, Any] | None = None
     trigger_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,18 +413,20 @@ def build_report(
     trust_any_authority: bool = False,
     sources: dict[str, str] | None = None,
 ) -> Report:
-    """The :class:`Report` of a verdict (as ``tracemark verify --json`` prints it), with what the bundle, trace and robustness run add.
+    """The :class:`Report` of a verdict (as ``tracemark verify --json`` prints it: the key's alone, or a combined verdict with a
+    trigger component), with what the bundle, trace and robustness run add.
 
     The trigger images come from ``key`` or, failing that, from the key the bundle reveals. Raises
     :class:`ReportError` when the verdict is for another key than ``key`` or than the bundle commits, or the bundle does not verify.
     """
-    verdict = check_verdict(verdict, (sources or {}).get("verdict", "the verdict"))
+    printed = verdict
+    verdict, combined = split_combined(verdict, (sources or {}).get("verdict", "the verdict"))
     commitment = verdict["key_commitment"]
     notes: list[str] = []
     if key is not None and key.commitment() != commitment:
         raise ReportError(f"the verdict is for key {commitment[:16]}…, not for the key given ({key.commitment()[:16]}…)")
     trace_doc, clones = _check_trace(trace, (sources or {}).get("trace", "the trace")) if trace is not None else (None, None)
-    verdict_sha = sha256_hex(canonical_json(verdict))
+    verdict_sha = sha256_hex(canonical_json(printed))  # what `verify --ledger` recorded
     trace_sha = sha256_hex(canonical_json(trace)) if trace is not None else None
     hashes: dict[str, str] = {"key_commitment": commitment, "verdict_sha256": verdict_sha}
     if trace_sha is not None:
@@ -411,6 +471,9 @@ def build_report(
         hashes["robustness_sha256"] = sha256_hex(Path(robustness).read_bytes())
     owner = owner_name or (f"The owner of ledger key {opened.summary.owner_fingerprint[:16]}…" if opened is not None else "The owner")
     evidence = [_trigger_evidence(verdict)] + (_trace_evidence(trace_doc, clones) if trace_doc is not None else [])
+    if combined is not None:
+        others = [_component_evidence(c) for c in combined["components"] if c["kind"] != "trigger"]
+        evidence = [_combined_evidence(combined), evidence[0], *others, *evidence[1:]]
     target = verdict["target"]
     committed = next((t for t in timeline if t["event"].startswith("The secret watermark key")), None)
     since = f" (the key {owner} committed to by {committed['date']})" if committed else ""
@@ -420,13 +483,25 @@ def build_report(
         "no-evidence": f"{owner} checked the model at {target} for watermark key {commitment[:16]}…{since}, and finds no evidence that it is a copy.",
         "inconclusive": f"{owner} checked the model at {target} for watermark key {commitment[:16]}…{since}; too few answers were given to decide.",
     }[verdict["verdict"]]
+    if combined is not None:
+        showing = [c["kind"] for c in combined["components"] if c["rejected"]]
+        claim = {
+            "copy": f"{owner} claims that the model at {target} is a copy of its model, or was made from it: "
+                    f"{', '.join(showing)} evidence shows it, and all the evidence together would wrongly accuse a model "
+                    f"independent of ours with a chance {chance_in_words(combined['p_value'])}{since}.",
+            "no-evidence": f"{owner} checked the model at {target} with {len(combined['components'])} kinds of evidence "
+                           f"(watermark key {commitment[:16]}…{since}), and finds no evidence that it is a copy.",
+            "inconclusive": f"{owner} checked the model at {target} with {len(combined['components'])} kinds of evidence "
+                            f"(watermark key {commitment[:16]}…{since}); they could not decide.",
+        }[combined["verdict"]]
     if trace_doc is not None and trace_doc["verdict"] == "customer":
         claim += f" The copy carries the code of the copy licensed to customer {trace_doc['accused'][0]}."
     checks = _checks(bundle is not None)
     return Report(
         title="Ownership report", owner=owner, created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        verdict_label=verdict["verdict"], claim=claim, timeline=timeline, evidence=evidence, triggers=triggers, robustness=robust,
+        verdict_label=combined["verdict"] if combined is not None else verdict["verdict"], claim=claim, timeline=timeline, evidence=evidence, triggers=triggers, robustness=robust,
         hashes=hashes, checks=checks, notes=notes, verdict=verdict, sources=dict(sources or {}), tsa_url=tsa_url, trigger_inputs=inputs,
+        combined=combined,
     )
 
 

@@ -105,7 +105,7 @@ def render_pdf(report: "Report") -> bytes:
             pages.text(("Independently dated. " if t["independent"] else "") + f"Vouched for by {t['vouched_by']}.", size=8.5,
                        colour="#37474f", indent=0.2, after=0.08)
         pages.heading("3. The evidence")
-        for i, e in enumerate(report.evidence):
+        for e in report.evidence:
             pages.text(e["title"], size=9, colour="#37474f", after=0.0)
             pages.text(e["result"], size=11, weight="bold")
             pages.text(e["rule"])
@@ -114,7 +114,7 @@ def render_pdf(report: "Report") -> bytes:
             for d in e["details"]:
                 pages.text(d, size=8.5, colour="#37474f", after=0.0)
             pages.y -= 0.08
-            if i == 0 and v["answered"]:
+            if e["kind"] == "trigger" and v["answered"]:
                 pages.image(null_distribution_png(v["matches"], v["answered"], float(v["null"]["rate"]), v["threshold"]), 6.2)
         pages.heading("4. The trigger images and the suspect's answers")
         if report.trigger_inputs is not None and report.triggers:

@@ -232,17 +232,17 @@ def _study(root: Path, marked: nn.Module, owner: tm.ImageData, pool, settings: G
              surrogate_names=np.array([m.spec.name for m in groups["surrogates"]]))
 
 
-def markdown(results: list[dict], command: str) -> str:
+def markdown(results: list[dict]) -> str:
+    """The docs section: one subsection per dataset, each with the command and machine that made it."""
     quick = all(r["quick"] for r in results)
-    s = results[0]["settings"]
-    lines = ["## Lineage fingerprint" + (" (digits-quick)" if quick else ""), "",
-             f"Conferrable examples, {s['n']} inputs kept of {s['candidates']} candidates (epsilon {s['epsilon']}, "
-             f"{s['steps']} steps; kept only where at least {s['min_surrogates']:.0%} of the generation surrogates and "
-             f"at most {s['max_references']:.0%} of the generation references give the target label), alpha {ALPHA:.0e}. "
-             f"`{command}`; {results[0]['machine']}.", ""]
+    lines = ["## Lineage fingerprint" + (" (digits-quick)" if quick else ""), ""]
     for r in results:
-        c, g, z = r["calibration"], r["generation"], r["sizes"]
+        c, g, z, s = r["calibration"], r["generation"], r["sizes"], r["settings"]
         lines += [f"### {r['dataset']}{' (quick)' if r['quick'] else ''}", "",
+                  f"Conferrable examples, at most {s['n']} inputs kept of {s['candidates']} candidates (epsilon {s['epsilon']}, "
+                  f"{s['steps']} steps; kept only where at least {s['min_surrogates']:.0%} of the generation surrogates "
+                  f"and at most {s['max_references']:.0%} of the generation references give the target label), alpha "
+                  f"{ALPHA:.0e}. `python bench/lineage.py {' '.join(r['argv'])}`; {r['machine']}.", "",
                   f"Owner {z['owner']} training images, thief {z['thief']} (its queries), every model {z['epochs']} "
                   f"epochs; marked model {r['marked_accuracy']:.1%}. Pool {r['pool_members']} models "
                   f"({r['pool_trained']} trained this run, {r['pool_seconds']:.0f} s); lineage {r['lineage_cpu_seconds']:.0f} "
@@ -286,8 +286,7 @@ def main() -> None:
     parser.add_argument("--docs-from", type=Path, help="write the section from this results.json instead of running")
     args = parser.parse_args()
     if args.docs_from is not None:
-        saved = json.loads(args.docs_from.read_text())
-        write_section("lineage", markdown(saved, "python bench/lineage.py " + " ".join(saved[0]["argv"])))
+        write_section("lineage", markdown(json.loads(args.docs_from.read_text())))
         return
     torch.set_num_threads(1)
     if args.quick:
@@ -299,12 +298,14 @@ def main() -> None:
         n=args.n, candidates=args.candidates, epsilon=args.epsilon, steps=args.steps,
         min_surrogates=args.min_surrogates if args.min_surrogates is not None else (loose.min_surrogates if args.quick else 0.5),
         max_references=args.max_references if args.max_references is not None else (loose.max_references if args.quick else 0.0))
-    results = []
     OUT.mkdir(parents=True, exist_ok=True)
+    saved = OUT / ("quick.json" if args.quick else "results.json")
+    # datasets not run this time keep their saved results, so a one-dataset run does not drop the others
+    results = {r["dataset"]: r for r in (json.loads(saved.read_text()) if saved.is_file() else [])}
     for name in names:  # written after each dataset, so an interrupted run keeps what it finished
-        results.append({**run_dataset(name, sizes, settings, args.quick, args.study), "argv": sys.argv[1:]})
-        (OUT / ("quick.json" if args.quick else "results.json")).write_text(json.dumps(results, indent=1, default=str))
-    text = markdown(results, "python bench/lineage.py " + " ".join(sys.argv[1:]))
+        results[name] = {**run_dataset(name, sizes, settings, args.quick, args.study), "argv": sys.argv[1:]}
+        saved.write_text(json.dumps(list(results.values()), indent=1, default=str))
+    text = markdown(list(results.values()))
     print(text)
     if not args.no_docs:
         write_section("lineage-quick" if args.quick else "lineage", text)

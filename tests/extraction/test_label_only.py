@@ -128,8 +128,38 @@ def test_a_region_counts_once_so_a_suspect_that_repeats_one_label_is_not_accused
     assert len(set(cells(x).tolist())) == 1
     marked = MarkedSet("c", "c", x, np.zeros(60, np.int64), np.full(60, 3), 10)
     e = evidence(marked, Answers(np.full(60, 3)), 1)
-    assert (e.units, e.matches, e.trials, e.label_matches) == (1, 60, 60, 60)
-    assert e.p_value == pytest.approx(1 / 9)
+    assert (e.units, e.matches, e.trials, e.label_matches, e.unit_wins) == (1, 60, 60, 60, 1)
+    assert e.p_value == pytest.approx(2 / 9)  # one draw of 1/9 under either statistic, doubled for using the better one
+
+
+def test_the_per_unit_plurality_null_is_exact_for_suspects_that_never_saw_the_marks() -> None:
+    """Units of very different sizes, a suspect with its own label habits per unit, served labels drawn off the model's
+    label independently of it: the plurality statistic's p-value is uniform (its tail rate is at most the level), and a
+    clone that wins most small units is strong evidence even when a big unit goes against it."""
+    from tracemark.extraction.clones import agreement_pvalue, plurality_counts
+
+    rng = np.random.default_rng(7)
+    k, p_values = 10, []
+    for _ in range(3000):
+        sizes = rng.integers(1, 40, size=25)
+        model = rng.integers(0, k, size=25)
+        counts = np.stack([np.bincount(rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 0.3))), minlength=k) for n in sizes])
+        served = (model + rng.integers(1, k, size=25)) % k
+        table = plurality_counts(counts, model)
+        off = [np.delete(row, v).max() > 0 for row, v in zip(counts, model)]
+        wins = sum(int(row[w] == np.delete(row, v).max()) for row, v, w, o in zip(counts, model, served, off) if o)
+        p_values.append(agreement_pvalue(wins, table))
+    p_values = np.array(p_values)
+    for level in (0.01, 0.05, 0.2):
+        assert (p_values <= level).mean() <= level + 0.015, level  # discrete, so at most the level (plus noise)
+    assert (p_values <= 0.2).mean() > 0.05  # and not degenerate
+    # 20 small units the clone learned and one large unit of 200 inputs it answers with another label
+    counts = np.zeros((21, k), np.int64)
+    counts[:20, 5] = 3
+    counts[20, 2] = 200
+    model, served = np.zeros(21, np.int64), np.array([5] * 20 + [7])
+    table = plurality_counts(counts, model)
+    assert agreement_pvalue(20, table) == pytest.approx((1 / 9) ** 20 * (1 + 20 * 8 / 9), rel=1e-6)
 
 
 def test_region_decision_is_keyed_per_client_and_never_the_model_label() -> None:

@@ -28,7 +28,11 @@ region, and independent across units; so
 * the label test counts the unit's inputs the suspect labels ``w``: under the null that count is a uniform draw from
   the unit's K−1 counts of off-``v`` labels, and the p-value of the total is the exact convolution of those draws
   (:func:`agreement_pvalue`, floating point). A unit of one input is exactly the per-input tests above (the label test
-  is then Binomial(d, 1/(K−1))); per-input marks mostly are their own unit.
+  is then Binomial(d, 1/(K−1))); per-input marks mostly are their own unit. Counts let one large unit outweigh many
+  small ones (a region of 800 inputs the clone answers alike is one draw in K−1), so the label test also scores each
+  unit once: 1 when ``w`` is among the suspect's most frequent off-``v`` labels on it, a draw of 1 with probability
+  (tied labels)/(K−1) under the null, the total's tail by the same convolution (:func:`plurality_counts`). Its
+  p-value is the smaller of the two, doubled (Bonferroni over the two statistics), so it stays a valid bound.
 
 The rank test is used whenever the suspect gives scores, the label test otherwise; the choice depends only
 on what the suspect returns. Every client is tested; p-values are Bonferroni-adjusted over the number of
@@ -85,11 +89,15 @@ class ClientEvidence:
     p_value: float
     p_adjusted: float
     units: int = 0
+    unit_wins: int | None = None
+    """Label test: the units whose served label is among the suspect's most frequent off-label answers."""
     unit_counts: tuple[tuple[int, ...], ...] = field(default=(), repr=False, compare=False)
     """Label test: each unit's counts of the suspect's labels over the K−1 classes other than the model's (its null)."""
+    unit_plurality: tuple[tuple[int, ...], ...] = field(default=(), repr=False, compare=False)
+    """Label test: the per-unit plurality statistic's null draws (:func:`plurality_counts`)."""
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "unit_counts"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("unit_counts", "unit_plurality")}
 
     def __str__(self) -> str:
         if self.rank_sum is not None:
@@ -250,13 +258,32 @@ def evidence(marked: MarkedSet, suspect: Answers, tested: int) -> ClientEvidence
         counts = np.zeros((len(firsts), k), dtype=np.int64)
         np.add.at(counts, (unit, labels), 1)
         matches = int(counts[np.arange(len(firsts)), unit_served].sum())
-        unit_counts = tuple(tuple(int(c) for c in np.delete(row, v)) for row, v in zip(counts, unit_model) if row.sum() > row[v])
-        trials = disagreed
-        p = agreement_pvalue(matches, unit_counts)
-        return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, None, label_matches,
-                              disagreed, null, p, min(1.0, p * tested), len(firsts), unit_counts)
+        off = [row.sum() > row[v] for row, v in zip(counts, unit_model)]
+        unit_counts = tuple(tuple(int(c) for c in np.delete(row, v)) for row, v, o in zip(counts, unit_model, off) if o)
+        plurality = plurality_counts(counts, unit_model)
+        wins = int(sum(row[w] == np.delete(row, v).max() for row, v, w, o in zip(counts, unit_model, unit_served, off) if o))
+        p = label_pvalue(matches, unit_counts, wins, plurality)
+        return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, disagreed, None, label_matches,
+                              disagreed, null, p, min(1.0, p * tested), len(firsts), wins, unit_counts, plurality)
     return ClientEvidence(marked.client_id, marked.client_name, len(marked), statistic, matches, trials, rank_sum, label_matches,
                           disagreed, null, p, min(1.0, p * tested), len(firsts))
+
+
+def label_pvalue(matches: int, unit_counts: Sequence[Sequence[int]], wins: int,
+                 unit_plurality: Sequence[Sequence[int]]) -> float:
+    """The label test's p-value: the smaller of the count and the per-unit plurality statistics' exact tails, doubled."""
+    return min(1.0, 2 * min(agreement_pvalue(matches, unit_counts), agreement_pvalue(wins, unit_plurality)))
+
+
+def plurality_counts(counts: np.ndarray, unit_model: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Per unit with an off-label answer, over the K−1 classes other than the model's: 1 where the suspect's count of
+    that label is its largest (ties all score), else 0 — the per-unit plurality statistic's null draws."""
+    out = []
+    for row, v in zip(counts, unit_model):
+        others = np.delete(row, v)
+        if others.max() > 0:
+            out.append(tuple(int(c == others.max()) for c in others))
+    return tuple(out)
 
 
 def agreement_pvalue(observed: int, unit_counts: Sequence[Sequence[int]]) -> float:

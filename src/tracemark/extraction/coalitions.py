@@ -10,7 +10,7 @@ of agreements over all of ``S``'s answers off the model's label. Under the null 
 every mark of ``S`` has its own HMAC-drawn wrong label, independent of the suspect and of every other mark, so the
 pooled statistic has the same exact null as one client's with all the marks together: a sum of independent
 uniforms on {0, …, K−2} (:func:`~tracemark.extraction.clones.rank_sum_pvalue`), one per unit, or the label test's
-convolution over all the members' units (:func:`~tracemark.extraction.clones.agreement_pvalue`).
+convolutions over all the members' units, counts and per-unit plurality (:func:`~tracemark.extraction.clones.label_pvalue`).
 
 **Which sets are searched, and why the error rate holds.** Clients are ranked by their own exact p-value; the
 candidates are the prefixes of that ranking (top 1, top 2, …, at most ``max_size``), restricted to clients that
@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb, log10
 
-from tracemark.extraction.clones import ClientEvidence, Statistic, agreement_pvalue, rank_sum_pvalue
+from tracemark.extraction.clones import ClientEvidence, Statistic, label_pvalue, rank_sum_pvalue
 from tracemark.extraction.errors import ExtractionError
 from tracemark.serve.clients import Client
 
@@ -129,7 +129,9 @@ def pooled(members: Sequence[ClientEvidence]) -> tuple[Statistic, int, int, int,
     if statistic == "rank":
         rank_sum = sum(int(m.rank_sum or 0) for m in members)
         return statistic, marked, matches, trials, rank_sum, rank_sum_pvalue(rank_sum, trials, round(1.0 / null) + 1)
-    return statistic, marked, matches, trials, None, agreement_pvalue(matches, [u for m in members for u in m.unit_counts])
+    wins = sum(int(m.unit_wins or 0) for m in members)
+    return statistic, marked, matches, trials, None, label_pvalue(matches, [u for m in members for u in m.unit_counts], wins,
+                                                                   [u for m in members for u in m.unit_plurality])
 
 
 def sets_counted(n: int, size: int, max_size: int = DEFAULT_MAX_SIZE) -> int:

@@ -65,7 +65,8 @@ def test_pruned_weights_are_left_out_and_the_rest_still_names_the_copy(fingerpri
     stolen = Prune(0.9, "magnitude").run(copy.deepcopy(fingerprinted.copies["acme"]), ThiefData(np.zeros((0, 1, 8, 8)), np.zeros(0)))
     result = weight_trace(fingerprinted.scheme, MANY, stolen.target.module, fingerprinted.base, alpha=ALPHA)
     assert result.compared < 0.2 * result.entries and result.accused == ["acme"]
-    assert result.best.agreements > 0.6 * result.compared  # chance: half
+    # chance is half; 0.55 of ~5,000 compared signs is 7 standard deviations above it (0.598 on an AMD EPYC, 0.6+ on Intel)
+    assert result.best.agreements > 0.55 * result.compared and result.best.log10_p_adjusted < np.log10(ALPHA)
 
 
 def test_trace_reports_both_tests_and_splits_alpha(fingerprinted):

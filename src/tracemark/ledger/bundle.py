@@ -29,7 +29,7 @@ from tracemark.ledger.audit import attachment_hashes, check_tokens, untimestampe
 from tracemark.ledger.chain import parse_entries, verify_chain
 from tracemark.ledger.entries import Entry, parse_json, recanonical, utc_now
 from tracemark.ledger.errors import BundleMemberError, KeyRevealError, LineageRevealError, TruncatedLedgerError
-from tracemark.ledger.events import KEY_CREATED, LINEAGE_CREATED, MODEL_EMBEDDED, MODEL_PACKAGED, VERIFICATION
+from tracemark.ledger.events import KEY_CREATED, LINEAGE_CREATED, MODEL_EMBEDDED, MODEL_PACKAGED, VERIFICATION, lineage_facts
 from tracemark.ledger.identity import OwnerIdentity, fingerprint, public_key_hex, public_key_pem, verify_signature
 from tracemark.ledger.store import Ledger
 from tracemark.ledger.timestamp import TIMESTAMPED
@@ -319,13 +319,10 @@ def _check_reveals(members: dict[str, bytes], entries: list[Entry]) -> set[str]:
     return revealed
 
 
-LINEAGE_FACTS = ("n_inputs", "input_shape", "num_classes", "source_sha256", "null_rate")
-"""What a ``lineage-created`` entry records besides the commitment; a revealed file must agree on each."""
-
-
-def _lineage_facts(lineage: "Lineage") -> dict[str, Any]:
-    return {"n_inputs": int(len(lineage.labels)), "input_shape": list(lineage.input_shape), "num_classes": lineage.num_classes,
-            "source_sha256": lineage.source_sha256, "null_rate": lineage.calibration.rate}
+def _differing_facts(entry: Entry, lineage: "Lineage") -> str:
+    """The recorded facts a lineage file disagrees with its ``lineage-created`` entry on, as one line ('' if none)."""
+    differ = [name for name, value in lineage_facts(lineage).items() if entry.payload.get(name) != value]
+    return f"{', '.join(differ)} differ from what entry {entry.seq} committed" if differ else ""
 
 
 def _check_lineage_reveals(members: dict[str, bytes], entries: list[Entry]) -> set[str]:
@@ -350,10 +347,9 @@ def _check_lineage_reveals(members: dict[str, bytes], entries: list[Entry]) -> s
         entry = created.get(digest)
         if entry is None:
             raise LineageRevealError(f"{name}: the revealed lineage's commitment {digest[:16]}… is not committed in the ledger")
-        facts = _lineage_facts(lineage)
-        differ = [f for f in LINEAGE_FACTS if entry.payload.get(f) != facts[f]]
+        differ = _differing_facts(entry, lineage)
         if differ:
-            raise LineageRevealError(f"{name}: {', '.join(differ)} differ from what entry {entry.seq} committed")
+            raise LineageRevealError(f"{name}: {differ}")
         revealed.add(digest)
     return revealed
 
@@ -421,9 +417,9 @@ def export_bundle(
         if entry is None:
             raise LineageRevealError(f"lineage {lineage.commitment()[:16]}… is not committed in the exported entries; "
                                      "record it first (tracemark lineage new --ledger)")
-        differ = [f for f in LINEAGE_FACTS if entry.payload.get(f) != _lineage_facts(lineage)[f]]
+        differ = _differing_facts(entry, lineage)
         if differ:
-            raise LineageRevealError(f"lineage {lineage.commitment()[:16]}…: {', '.join(differ)} differ from what entry {entry.seq} committed")
+            raise LineageRevealError(f"lineage {lineage.commitment()[:16]}…: {differ}")
         members[f"lineages/{lineage.commitment()}.lineage"] = lineage.encode()
     preliminary = verify_members(_signed(members, entries, owner, "")[0], str(out), trust_any_authority=True)  # the owner's own tokens
     members[SUMMARY] = (str(preliminary).replace(str(out), Path(out).name) + "\n").encode("utf-8")

@@ -127,7 +127,10 @@ def record_verification(
 
 def record_lineage(ledger: Ledger, lineage: Any) -> Entry:
     """Commit to a lineage fingerprint (a :class:`~tracemark.lineage.Lineage`): its commitment and public facts."""
-    payload = {"lineage_commitment": lineage.commitment(), "n_inputs": int(len(lineage.labels)),
-               "input_shape": list(lineage.input_shape), "num_classes": lineage.num_classes,
-               "source_sha256": lineage.source_sha256, "null_rate": lineage.calibration.rate}
-    return ledger.append(LINEAGE_CREATED, payload)
+    return ledger.append(LINEAGE_CREATED, {"lineage_commitment": lineage.commitment(), **lineage_facts(lineage)})
+
+
+def lineage_facts(lineage: Any) -> dict[str, Any]:
+    """What a ``lineage-created`` entry records besides the commitment (a revealed file must agree on each)."""
+    return {"n_inputs": int(len(lineage.labels)), "input_shape": list(lineage.input_shape), "num_classes": lineage.num_classes,
+            "source_sha256": lineage.source_sha256, "null_rate": lineage.calibration.rate}

@@ -40,6 +40,7 @@ def _worker(rank: int, world: int, key_path: str, out_dir: str) -> None:
     np.save(os.path.join(out_dir, f"seen-{rank}.npy"), np.array([seen_trigger_items]))
     if rank == 0:
         tm.save_model(model.module, os.path.join(out_dir, "ddp.safetensors"))
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (else: SIGABRT in the slower one)
     dist.destroy_process_group()
 
 

@@ -92,7 +92,12 @@ def test_serve_package_with_workers_clients_and_audit_export(tmp_path: Path, pac
             assert 429 in statuses  # bob's 100-query burst is shared by both workers
             answered += statuses.count(200) * len(x)
             assert "weights" not in http.get("/v1/model").text
-        export = _cli("audit", "export", "--out", str(tmp_path / "audit.json"), env=env)
+        # Another process sees a live server's rows once its journal is imported (every 0.1 s; later under load).
+        deadline = time.monotonic() + 10.0
+        while (export := _cli("audit", "export", "--out", str(tmp_path / "audit.json"), env=env))["rows"] < answered:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert export["rows"] == answered
         records = json.loads((tmp_path / "audit.json").read_text())["records"]
         assert {r["client_name"] for r in records} == {"alice", "bob"}

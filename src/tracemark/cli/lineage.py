@@ -31,7 +31,7 @@ def new(
     seed: int = typer.Option(0, help="Seed of the pool plan, the start images, the dropout and the splits."),
     pool_dir: Optional[Path] = typer.Option(None, "--pool-dir", help="Reference pool cache (default: OUT's folder/lineage-pool); "
                                             "models already there are loaded, never retrained."),
-    n: int = typer.Option(100, "--n", help="Inputs kept (at most 300: verification asks each one)."),
+    n: int = typer.Option(300, "--n", help="Inputs kept (at most 300: verification asks each one; fewer give a looser null bound: on Fashion-MNIST 136 inputs missed a distilled copy that 219 caught)."),
     epsilon: float = typer.Option(0.25, help="L-infinity bound of the perturbation (images in [0, 1])."),
     steps: int = typer.Option(40, help="Sign-gradient steps per input."),
     calibration_references: int = typer.Option(10, help="Held-out independent references that calibrate the null."),
@@ -60,7 +60,7 @@ def new(
         source = load_model(model)
         shape, own_arch = source.tracemark_spec.input_shape, source.tracemark_spec.arch
     owner = load_data(data, shape)
-    settings = GenerationSettings(n=n, candidates=3 * n, epsilon=epsilon, steps=steps, seed=seed)
+    settings = GenerationSettings(n=n, candidates=-(-10 * n // 3), epsilon=epsilon, steps=steps, seed=seed)
     plan = default_plan(seed, source_arch=pool_arch or own_arch or "small_cnn", epochs=epochs,
                         calibration_references=calibration_references)
     built = create_lineage(source, owner, pool_dir=pool_dir or out.parent / "lineage-pool", plan=plan, settings=settings,

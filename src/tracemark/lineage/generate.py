@@ -41,8 +41,8 @@ class GenerationSettings:
     selection keeps inputs that at least ``min_surrogates`` and at most ``max_references`` (fractions) of the
     generation surrogates and references label with the target."""
 
-    n: int = 100
-    candidates: int = 300
+    n: int = 300
+    candidates: int = 1000
     epsilon: float = 0.25
     steps: int = 40
     step_size: float | None = None

@@ -275,8 +275,8 @@ def main() -> None:
     parser.add_argument("--thief", type=int, default=8000, help="thief's images (and queries)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the marked model, pool and thieves")
     parser.add_argument("--innocents", type=int, default=20)
-    parser.add_argument("--n", type=int, default=300, help="fingerprint inputs kept")
-    parser.add_argument("--candidates", type=int, default=1000)
+    parser.add_argument("--n", type=int, help="fingerprint inputs kept (default 300; --quick: 100)")
+    parser.add_argument("--candidates", type=int, help="start images tried (default 1000; --quick: 300)")
     parser.add_argument("--epsilon", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--min-surrogates", type=float, help="default 0.5 (--quick: the library's 1/3)")
@@ -295,7 +295,8 @@ def main() -> None:
         names, sizes = args.datasets, Sizes(args.owner, args.thief, args.epochs, args.innocents)
     loose = GenerationSettings()
     settings = GenerationSettings(
-        n=args.n, candidates=args.candidates, epsilon=args.epsilon, steps=args.steps,
+        n=args.n or (100 if args.quick else 300), candidates=args.candidates or (300 if args.quick else 1000),
+        epsilon=args.epsilon, steps=args.steps,
         min_surrogates=args.min_surrogates if args.min_surrogates is not None else (loose.min_surrogates if args.quick else 0.5),
         max_references=args.max_references if args.max_references is not None else (loose.max_references if args.quick else 0.0))
     OUT.mkdir(parents=True, exist_ok=True)
